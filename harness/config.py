@@ -1,0 +1,267 @@
+"""The run configuration: a YAML file validated against typed dataclasses.
+
+Every mistake is reported with the file and the dotted key (``l1.cpus``), and an
+unknown key is an error, not silently ignored (a typo must not run the defaults).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+DEFAULT_CONFIG = CONFIGS / "default.yaml"
+
+
+@dataclass
+class GitSource:
+    url: str
+    ref: str = "HEAD"
+
+
+@dataclass
+class KernelConfig:
+    # debian: Debian's linux-source-6.1 tarball; path: a tree on disk; git: url + ref
+    source: str = "debian"
+    path: Optional[str] = None
+    git: Optional[GitSource] = None
+    tarball: str = "/usr/src/linux-source-6.1.tar.xz"
+    # auto: chosen from the tree's version; or a profile name ("6.1", "5.4")
+    profile: str = "auto"
+    jobs: int = 0  # 0 = number of CPUs
+    ccache: bool = True
+
+    def validate(self, where: str) -> None:
+        if self.source not in ("debian", "path", "git"):
+            raise ConfigError(f"{where}kernel.source: must be debian, path or git, not {self.source!r}")
+        if self.source == "path" and not self.path:
+            raise ConfigError(f"{where}kernel.path: required when kernel.source is 'path'")
+        if self.source == "git" and not self.git:
+            raise ConfigError(f"{where}kernel.git: required (url, ref) when kernel.source is 'git'")
+        if self.jobs < 0:
+            raise ConfigError(f"{where}kernel.jobs: must be >= 0")
+
+
+@dataclass
+class PatchConfig:
+    # "reference": the profile's own patch; "none": unpatched; else a path to a .patch file
+    host: str = "reference"
+    guest: str = "reference"
+
+
+@dataclass
+class L1Config:
+    cpus: int = 4
+    memory_mb: int = 2048
+    cpu_model: str = "cortex-a57"
+    accel: str = "auto"  # auto | tcg | kvm
+    append: str = ""     # extra kernel command line
+
+    def validate(self, where: str) -> None:
+        if not 1 <= self.cpus <= 64:
+            raise ConfigError(f"{where}l1.cpus: must be in 1..64, got {self.cpus}")
+        if self.memory_mb < 512:
+            raise ConfigError(f"{where}l1.memory_mb: at least 512 (L2 lives inside it), got {self.memory_mb}")
+        if self.accel not in ("auto", "tcg", "kvm"):
+            raise ConfigError(f"{where}l1.accel: must be auto, tcg or kvm, not {self.accel!r}")
+
+
+@dataclass
+class L2Config:
+    cpus: int = 2
+    memory_mb: int = 384
+    append: str = ""
+
+    def validate(self, where: str) -> None:
+        if not 1 <= self.cpus <= 16:
+            raise ConfigError(f"{where}l2.cpus: must be in 1..16, got {self.cpus}")
+        if self.memory_mb < 128:
+            raise ConfigError(f"{where}l2.memory_mb: at least 128, got {self.memory_mb}")
+
+
+@dataclass
+class Scenario:
+    name: str
+    # vCPU index -> L1 CPU its thread is pinned to with taskset; empty = not pinned
+    pin: Dict[int, int] = field(default_factory=dict)
+    # vCPUs the workload runs on (one pinned process each, concurrently); empty = all
+    vcpus: List[int] = field(default_factory=list)
+    calls: int = 2000
+    duration_s: Optional[float] = None
+    # number of busy loops started in L1 for the duration of the scenario
+    host_load: int = 0
+    # also run the workload in getppid mode and bare (unrecorded) mode for comparison
+    compare: bool = False
+
+    def validate(self, where: str, l1: L1Config, l2: L2Config) -> None:
+        key = f"{where}scenarios[{self.name}]"
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{key}.name: letters, digits, '-' and '_' only")
+        for v, p in self.pin.items():
+            if not 0 <= v < l2.cpus:
+                raise ConfigError(f"{key}.pin: vCPU {v} does not exist (l2.cpus = {l2.cpus})")
+            if not 0 <= p < l1.cpus:
+                raise ConfigError(f"{key}.pin: pCPU {p} does not exist (l1.cpus = {l1.cpus})")
+        for v in self.vcpus:
+            if not 0 <= v < l2.cpus:
+                raise ConfigError(f"{key}.vcpus: vCPU {v} does not exist (l2.cpus = {l2.cpus})")
+        if self.calls < 1 and self.duration_s is None:
+            raise ConfigError(f"{key}.calls: must be >= 1 (or give duration_s)")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError(f"{key}.duration_s: must be > 0")
+        if self.host_load < 0:
+            raise ConfigError(f"{key}.host_load: must be >= 0")
+
+
+@dataclass
+class Config:
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    l1: L1Config = field(default_factory=L1Config)
+    l2: L2Config = field(default_factory=L2Config)
+    scenarios: List[Scenario] = field(default_factory=list)
+    output: str = "runs"  # run directories go here (relative to the current directory)
+    source_file: Optional[str] = None  # where it was loaded from (not a YAML key)
+
+    def validate(self) -> "Config":
+        where = f"{self.source_file}: " if self.source_file else ""
+        self.kernel.validate(where)
+        self.l1.validate(where)
+        self.l2.validate(where)
+        names = set()
+        for s in self.scenarios:
+            s.validate(where, self.l1, self.l2)
+            if s.name in names:
+                raise ConfigError(f"{where}scenarios: duplicate name {s.name!r}")
+            names.add(s.name)
+        return self
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(value).expanduser()
+        if not p.is_absolute() and self.source_file:
+            p = Path(self.source_file).resolve().parent / p
+        return p
+
+
+# ---------------------------------------------------------------------------
+# Generic, strict conversion of plain YAML data into the dataclasses above.
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}", stage="config")
+        return _build(tp, value, key)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return {_convert(k, args[0], f"{key}.{k}"): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. profile: 6.1
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls, data: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.name != "source_file"}
+    unknown = sorted(set(map(str, data)) - fields)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]} (allowed: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name in fields:
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], f"{prefix}.{name}" if prefix else name)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def from_dict(data: Optional[dict], source_file: Optional[str] = None) -> Config:
+    where = f"{source_file}: " if source_file else ""
+    try:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError("the top level must be a mapping")
+        cfg = _build(Config, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e.message}") from None
+    cfg.source_file = source_file
+    return cfg.validate()
+
+
+def load(path: Union[str, Path, None] = None) -> Config:
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{loc} not valid YAML: {getattr(e, 'problem', e)}") from None
+    return from_dict(data, str(path))
+
+
+def override(cfg: Config, assignments: List[str]) -> Config:
+    """Apply ``key.sub=value`` overrides from the command line (value parsed as YAML)."""
+    data = dataclasses.asdict(cfg)
+    data.pop("source_file", None)
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                if node.get(p) is None and p in node:
+                    node[p] = {}
+                else:
+                    raise ConfigError(f"--set {key}: no such section {p!r}")
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(raw)
+    return from_dict(data, cfg.source_file)

@@ -1,0 +1,303 @@
+"""Cross-building arm64 kernel Images, cached by content.
+
+An Image is named by everything that determines it: the source identity, the patch
+bytes, the config fragments, the profile's make variables and the compiler version.
+An unchanged build is a cache hit and costs nothing.
+
+A miss is built in a *worktree* kept per (source, configuration): a hard-linked copy
+of the pristine tree plus an out-of-tree build directory.  Before a patch is applied,
+the files the previous patch touched are restored from the pristine tree (as new
+files, so make sees them as changed), so every build is "pristine + exactly this
+patch", while make only recompiles what the patch change affects.  ccache (depend
+mode) sits underneath for worktrees that are new or were thrown away.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from . import cache, procs
+from .errors import BuildError, InfraError
+from .patches import Patch
+from .profiles import COMMON_FRAGMENT, Profile
+from .sources import SourceTree
+
+KBUILD_FORMAT = 2  # bump when the way kernels are built changes
+ARCH = "arm64"
+CROSS_COMPILE = "aarch64-linux-gnu-"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class KernelBuild:
+    role: str
+    image: Path
+    config: Path
+    log: Path
+    key: str
+    meta: dict
+    cached: bool
+
+
+def requested_symbols(fragment_text: str) -> Dict[str, str]:
+    """CONFIG_X=... and '# CONFIG_X is not set' lines of a fragment (later lines win)."""
+    out: Dict[str, str] = {}
+    for line in fragment_text.splitlines():
+        line = line.strip()
+        m = re.match(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+            continue
+        m = re.match(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$", line)
+        if m:
+            out[m.group(1)] = "n"
+    return out
+
+
+def missing_symbols(requested: Dict[str, str], final_config: str) -> List[str]:
+    """Requested values that did not survive into the final .config."""
+    final = requested_symbols(final_config)
+    missing = []
+    for sym, want in requested.items():
+        have = final.get(sym, "n")
+        if want != have:
+            missing.append(f"{sym}={want} (final: {have if sym in final else 'absent'})")
+    return missing
+
+
+def compiler_version() -> str:
+    return procs.tool_version([CROSS_COMPILE + "gcc", "--version"])
+
+
+def fragments_text(source: SourceTree, profile: Profile) -> str:
+    """The combined KCONFIG_ALLCONFIG input: the tree's own fragments, ours, the profile's."""
+    parts = []
+    for rel in profile.tree_fragments:
+        p = source.root / rel
+        if p.exists():
+            parts.append(f"# --- {rel} (from the kernel tree)\n{p.read_text()}")
+    parts.append(f"# --- images/kernel/common.config\n{COMMON_FRAGMENT.read_text()}")
+    for p in profile.fragments:
+        parts.append(f"# --- {p.relative_to(profile.directory.parent.parent.parent)}\n{p.read_text()}")
+    return "\n".join(parts)
+
+
+def our_requests(profile: Profile) -> Dict[str, str]:
+    """The symbols the harness needs (the tree's tiny fragments are best effort)."""
+    text = COMMON_FRAGMENT.read_text() + "\n" + "\n".join(p.read_text() for p in profile.fragments)
+    return requested_symbols(text)
+
+
+class Builder:
+    """Builds kernels for one source tree and profile."""
+
+    def __init__(self, source: SourceTree, profile: Profile, jobs: int = 0, use_ccache: bool = True,
+                 progress: Progress = print):
+        self.source = source
+        self.profile = profile
+        self.jobs = jobs or os.cpu_count() or 2
+        self.use_ccache = use_ccache and shutil.which("ccache") is not None
+        self.progress = progress
+        self.fragments = fragments_text(source, profile)
+        self.cc_version = compiler_version()
+        if not self.cc_version:
+            raise InfraError(f"{CROSS_COMPILE}gcc not found: run `make setup`", stage="kernel-build")
+        self.config_key = cache.key_of(
+            source=source.identity, profile=profile.fingerprint(), fragments=self.fragments,
+            cc=self.cc_version, format=KBUILD_FORMAT, ccache=self.use_ccache,
+        )
+        self.work = cache.cache_root() / "work" / self.config_key
+
+    # -- make --------------------------------------------------------------------------------
+    def make_argv(self, *targets: str, jobs: Optional[int] = None) -> List[str]:
+        cc = f"ccache {CROSS_COMPILE}gcc" if self.use_ccache else f"{CROSS_COMPILE}gcc"
+        argv = ["make", "-C", str(self.work / "src"), f"O={self.work / 'build'}", f"ARCH={ARCH}",
+                f"CROSS_COMPILE={CROSS_COMPILE}", f"CC={cc}"]
+        argv += [f"{k}={v}" for k, v in self.profile.make_vars]
+        if jobs:
+            argv.append(f"-j{jobs}")
+        return argv + list(targets)
+
+    def make_env(self) -> Dict[str, str]:
+        env = {"KBUILD_BUILD_USER": "harness", "KBUILD_BUILD_HOST": "harness",
+               "KBUILD_BUILD_TIMESTAMP": "1970-01-01", "LC_ALL": "C"}
+        if self.use_ccache:
+            env.update({
+                "CCACHE_DIR": str(cache.cache_root() / "ccache"),
+                "CCACHE_BASEDIR": str(cache.cache_root()),
+                "CCACHE_NOHASHDIR": "1",
+                "CCACHE_DEPEND": "1",
+                "CCACHE_COMPILERCHECK": "content",
+                "CCACHE_MAXSIZE": "5G",
+            })
+        return env
+
+    # -- worktree ----------------------------------------------------------------------------
+    def _state_path(self) -> Path:
+        return self.work / "state.json"
+
+    def _read_state(self) -> Optional[dict]:
+        try:
+            return json.loads(self._state_path().read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self._state_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self._state_path())
+
+    def _fresh_worktree(self, log: Path) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.progress("preparing a worktree (hard-linked copy of the pristine tree)")
+        procs.run(["cp", "-al", self.source.root, self.work / "src"], stage="kernel-build", log=log,
+                  error=InfraError, what="cp -al")
+        (self.work / "build").mkdir()
+        self._write_state({"patch": None, "files": [], "created": []})
+
+    def _restore(self, state: dict) -> None:
+        """Undo the previously applied patch: pristine content as new files."""
+        src, pristine = self.work / "src", self.source.root
+        for rel in state.get("created", []):
+            p = src / rel
+            if p.exists() or p.is_symlink():
+                p.unlink()
+        for rel in state.get("files", []):
+            if rel in state.get("created", []):
+                continue
+            orig, p = pristine / rel, src / rel
+            if p.exists() or p.is_symlink():
+                p.unlink()
+            if orig.exists():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(orig, p)  # new inode, new mtime: make rebuilds dependents
+                shutil.copymode(orig, p)
+
+    def _checkout(self, patch: Optional[Patch], log: Path) -> str:
+        state = self._read_state()
+        if state is None or not (self.work / "src").is_dir():
+            self._fresh_worktree(log)
+            state = self._read_state()
+        want = patch.sha256 if patch else None
+        if state.get("patch") == want and not state.get("dirty"):
+            return "unchanged"
+        self._write_state({**state, "dirty": True})  # a kill from here on means: rebuild worktree
+        self._restore(state)
+        mode = "none"
+        if patch is not None:
+            self.progress(f"applying {patch.name}")
+            mode = patch.apply(self.work / "src", log=log)
+            if mode == "fuzz":
+                self.progress(f"warning: {patch.name} applied only with fuzz (see {log})")
+        self._write_state({"patch": want, "files": patch.files if patch else [],
+                           "created": patch.created if patch else [], "dirty": False})
+        return mode
+
+    def _configure(self, log: Path) -> None:
+        build = self.work / "build"
+        allconfig = self.work / "all.config"
+        allconfig.write_text(self.fragments)
+        config = build / ".config"
+        old = config.read_bytes() if config.exists() else None
+        old_stat = config.stat() if config.exists() else None
+        procs.run(self.make_argv("allnoconfig") + [f"KCONFIG_ALLCONFIG={allconfig}"], stage="kernel-config",
+                  log=log, env=self.make_env(), error=BuildError, what="make allnoconfig")
+        if old is not None and config.read_bytes() == old:
+            os.utime(config, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))  # no spurious rebuild
+        missing = missing_symbols(our_requests(self.profile), config.read_text())
+        if missing:
+            raise BuildError(
+                "requested kernel config symbols did not reach the final .config "
+                f"(a dependency is missing or the symbol does not exist in {self.source.version_str}): "
+                + ", ".join(missing),
+                stage="kernel-config", log=log, kind="infra",
+                reproduce=self.make_argv("allnoconfig") + [f"KCONFIG_ALLCONFIG={allconfig}"],
+            )
+
+    # -- public ------------------------------------------------------------------------------
+    def artefact_key(self, patch: Optional[Patch]) -> str:
+        return cache.key_of(config=self.config_key, patch=patch.sha256 if patch else "none")
+
+    def build(self, role: str, patch: Optional[Patch], log_dir: Path) -> KernelBuild:
+        key = self.artefact_key(patch)
+        entry = cache.Entry("kernels", key)
+        label = f"{role} kernel ({patch.name if patch else 'unpatched'})"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        run_log = log_dir / f"kbuild-{role}.log"
+        cached = entry.ready()
+        if cached:
+            self.progress(f"{label}: cached ({entry.path.name})")
+        else:
+            self.progress(f"building {label} for Linux {self.source.version_str} "
+                          f"(cold: ~5 min; after a small patch change: seconds)")
+
+        def do_build(tmp: Path) -> None:
+            log = tmp / "build.log"
+            meta = {
+                "role": role, "source": self.source.origin, "identity": self.source.identity,
+                "version": self.source.version_str, "profile": self.profile.name,
+                "patch": patch.name if patch else None, "patch_sha256": patch.sha256 if patch else None,
+                "compiler": self.cc_version, "ccache": self.use_ccache, "jobs": self.jobs,
+                "worktree": str(self.work),
+                "reproduce": " ".join(shlex.quote(a) for a in self.make_argv("Image", jobs=self.jobs)),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # before the build: survives a kill
+            t0 = time.monotonic()
+            with cache.locked(str(self.work) + ".lock"):
+                self.work.parent.mkdir(parents=True, exist_ok=True)
+                for note in self.profile.notes:
+                    with open(log, "a") as f:
+                        f.write(f"# profile {self.profile.name}: {note}\n")
+                meta["patch_mode"] = self._checkout(patch, log)
+                self._configure(log)
+                counter = {"n": 0, "t": time.monotonic()}
+
+                def on_line(line: str) -> None:
+                    if line.startswith("  CC"):
+                        counter["n"] += 1
+                    if time.monotonic() - counter["t"] > 15:
+                        counter["t"] = time.monotonic()
+                        self.progress(f"  ... {role} kernel: {counter['n']} files compiled, "
+                                      f"{time.monotonic() - t0:.0f} s")
+
+                try:
+                    procs.run(self.make_argv("Image", jobs=self.jobs), stage="kernel-build", log=log,
+                              env=self.make_env(), error=BuildError, what=f"make Image ({label})",
+                              on_line=on_line)
+                except BuildError as e:
+                    errors = [ln for ln in (e.tail or "").splitlines() if "error" in ln.lower()]
+                    e.message = f"{label} does not build" + (f": {errors[0].strip()}" if errors else "")
+                    e.stage = f"kernel-build ({role})"
+                    raise
+                build = self.work / "build"
+                shutil.copyfile(build / "arch" / ARCH / "boot" / "Image", tmp / "Image")
+                shutil.copyfile(build / ".config", tmp / "config")
+                if (build / "System.map").exists():
+                    shutil.copyfile(build / "System.map", tmp / "System.map")
+            meta["seconds"] = round(time.monotonic() - t0, 1)
+            meta["compiled_files"] = counter["n"]
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            self.progress(f"{label}: built in {meta['seconds']} s ({counter['n']} files compiled)")
+
+        try:
+            path = entry.ensure(do_build)
+        except BuildError as e:
+            failed_log = entry.base / f"{key}.failed" / "build.log"
+            if failed_log.exists():
+                shutil.copyfile(failed_log, run_log)
+                e.log = run_log
+            raise
+        shutil.copyfile(path / "build.log", run_log) if (path / "build.log").exists() else None
+        meta = json.loads((path / "meta.json").read_text())
+        return KernelBuild(role=role, image=path / "Image", config=path / "config", log=path / "build.log",
+                           key=key, meta=meta, cached=cached)

@@ -1,0 +1,191 @@
+"""Running host commands: argv lists only, a reproducer line first in every log, output
+kept in a file, and children that die with the harness (own process group +
+PR_SET_PDEATHSIG=SIGKILL), so even a SIGKILLed harness leaves no QEMU behind."""
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Callable, Mapping, Optional, Sequence, Type, Union
+
+from .errors import HarnessError, InfraError, tail_of
+
+PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:  # pragma: no cover - non-Linux
+        pass
+
+
+def reproducer(argv: Sequence[Union[str, os.PathLike]], cwd=None, env: Optional[Mapping[str, str]] = None) -> str:
+    """A shell line that re-runs ``argv`` by hand (only the env vars we set are shown)."""
+    parts = []
+    if cwd:
+        parts.append(f"cd {shlex.quote(str(cwd))} &&")
+    if env:
+        parts.append("env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())))
+    parts.append(shlex.join(str(a) for a in argv))
+    return " ".join(parts)
+
+
+def run(
+    argv: Sequence[Union[str, os.PathLike]],
+    *,
+    stage: str,
+    log: Union[str, Path, None] = None,
+    cwd: Union[str, Path, None] = None,
+    env: Optional[Mapping[str, str]] = None,
+    timeout: Optional[float] = None,
+    error: Type[HarnessError] = InfraError,
+    what: Optional[str] = None,
+    check: bool = True,
+    input: Optional[bytes] = None,
+    on_line: Optional[Callable[[str], None]] = None,
+) -> subprocess.CompletedProcess:
+    """Run a command to completion.
+
+    Output goes to ``log`` (appended, after a ``$ reproducer`` line) or is captured.
+    ``env`` holds only the variables added to the harness's environment.
+    A non-zero exit raises ``error`` naming ``stage``, with the output tail and the
+    reproducer.  ``on_line`` sees each output line (for progress) when logging.
+    """
+    argv = [str(a) for a in argv]
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    repro = reproducer(argv, cwd, env)
+    what = what or Path(argv[0]).name
+    logf: Optional[IO[bytes]] = None
+    if log is not None:
+        log = Path(log)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(log, "ab")
+        logf.write(f"$ {repro}\n".encode())
+        logf.flush()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=str(cwd) if cwd else None,
+            env=full_env,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
+        )
+    except FileNotFoundError as e:
+        if logf:
+            logf.close()
+        raise error(f"{what}: command not found: {argv[0]} (run `make setup`)", stage=stage, reproduce=repro) from e
+    chunks = []
+    try:
+        if input is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(input)
+            proc.stdin.close()
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout if timeout else None
+        for raw in iter(proc.stdout.readline, b""):
+            if logf:
+                logf.write(raw)
+                if on_line:
+                    on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+            else:
+                chunks.append(raw)
+            if deadline and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(argv, timeout)
+        rc = proc.wait(timeout=(deadline - time.monotonic()) if deadline else None)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out = b"".join(chunks).decode("utf-8", "replace")
+        raise error(
+            f"{what}: timed out after {timeout:.0f} s",
+            stage=stage,
+            log=log,
+            tail=None if log else tail_of(out),
+            reproduce=repro,
+        )
+    except BaseException:
+        kill_group(proc)
+        raise
+    finally:
+        if logf:
+            logf.close()
+    out = b"".join(chunks).decode("utf-8", "replace")
+    if check and rc != 0:
+        raise error(
+            f"{what} failed with exit code {rc}",
+            stage=stage,
+            log=log,
+            tail=None if log else tail_of(out),
+            reproduce=repro,
+        )
+    return subprocess.CompletedProcess(argv, rc, out, "")
+
+
+def spawn(
+    argv: Sequence[Union[str, os.PathLike]],
+    *,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.STDOUT,
+    stdin=subprocess.DEVNULL,
+    cwd=None,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen:
+    """Start a long-running child (e.g. QEMU) in its own process group, tied to our life."""
+    return subprocess.Popen(
+        [str(a) for a in argv],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=str(cwd) if cwd else None,
+        preexec_fn=_die_with_parent,
+        start_new_session=True,
+        pass_fds=tuple(pass_fds),
+    )
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 0.0) -> None:
+    """SIGTERM (if grace) then SIGKILL the child's process group; reap it."""
+    if proc.poll() is not None:
+        return
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    if grace > 0:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
+        print(f"warning: pid {proc.pid} did not exit after SIGKILL", file=sys.stderr)
+
+
+def tool_version(argv: Sequence[str]) -> str:
+    """First line of ``argv``'s output, or '' when it cannot run (used in cache keys)."""
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else ""

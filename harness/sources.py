@@ -1,0 +1,178 @@
+"""Kernel sources: Debian's linux-source tarball (the default), a tree on disk, or a git
+URL + ref.  Each becomes a pristine, read-only-by-convention copy in the cache, named by
+its identity; the user's own tree is never written to."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+from . import cache, procs
+from .config import Config, KernelConfig
+from .errors import SourceError
+from .profiles import tree_version
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SourceTree:
+    origin: str                  # human description: where it came from
+    identity: str                # what the content is (commit id, tarball hash, ...)
+    root: Path                   # the pristine tree in the cache
+    version: Tuple[int, int, int]
+
+    @property
+    def version_str(self) -> str:
+        return ".".join(map(str, self.version))
+
+
+def _git_out(args, cwd=None) -> str:
+    p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    if p.returncode != 0:
+        raise SourceError(f"git {' '.join(args)} failed in {cwd}: {p.stderr.strip()}",
+                          reproduce=["git", "-C", str(cwd), *args])
+    return p.stdout
+
+
+def _tarball_identity(tarball: Path) -> str:
+    """sha256 of the tarball, remembered by (size, mtime) so it is hashed once."""
+    st = tarball.stat()
+    memo = cache.cache_root() / "sources" / "tarball-digests.json"
+    stamp = f"{tarball.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    known = {}
+    if memo.exists():
+        try:
+            known = json.loads(memo.read_text())
+        except ValueError:
+            known = {}
+    if stamp not in known:
+        known[stamp] = cache.file_digest(tarball)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, memo)
+    return "sha256:" + known[stamp]
+
+
+def _stat_fingerprint(tree: Path) -> str:
+    """Cheap identity of a non-git tree: every file's path, size and mtime."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames[:] = sorted(d for d in dirnames if d != ".git")
+        for name in sorted(filenames):
+            p = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            h.update(f"{os.path.relpath(p, tree)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return "stat:" + h.hexdigest()
+
+
+def _finish(root: Path, origin: str, identity: str) -> SourceTree:
+    return SourceTree(origin=origin, identity=identity, root=root, version=tree_version(root))
+
+
+def _from_tarball(tarball: Path, log_dir: Path, progress: Progress) -> SourceTree:
+    if not tarball.exists():
+        raise SourceError(
+            f"kernel.tarball: {tarball} does not exist; install it with `make setup` "
+            "(Debian package linux-source-6.1) or point kernel.source at your own tree"
+        )
+    identity = _tarball_identity(tarball)
+    entry = cache.Entry("sources", cache.key_of(identity=identity))
+    if not entry.ready():
+        progress(f"extracting {tarball.name} (once; about 30 s)")
+
+    def extract(tmp: Path) -> None:
+        procs.run(["tar", "-xf", tarball, "-C", tmp], stage="source", error=SourceError,
+                  log=log_dir / "source.log", what="tar")
+        tops = [d for d in tmp.iterdir() if d.is_dir()]
+        if len(tops) != 1:
+            raise SourceError(f"{tarball}: expected one top directory, found {len(tops)}")
+        tops[0].rename(tmp / "linux")
+
+    root = entry.ensure(extract) / "linux"
+    return _finish(root, f"debian tarball {tarball}", identity)
+
+
+def _export_git(repo: Path, commit: str, dest: Path, log: Path) -> None:
+    """``git archive`` a commit into dest (no worktree, nothing written to the repo)."""
+    archive = dest.parent / (dest.name + ".tar")
+    procs.run(["git", "-C", repo, "archive", "--format=tar", "-o", archive, commit],
+              stage="source", error=SourceError, log=log, what="git archive")
+    dest.mkdir()
+    procs.run(["tar", "-xf", archive, "-C", dest], stage="source", error=SourceError, log=log, what="tar")
+    archive.unlink()
+
+
+def _from_path(path: Path, log_dir: Path, progress: Progress) -> SourceTree:
+    path = path.expanduser().resolve()
+    if not (path / "Makefile").exists():
+        raise SourceError(f"kernel.path: {path} is not a kernel tree (no Makefile)")
+    log = log_dir / "source.log"
+    is_git = (path / ".git").exists()
+    if is_git:
+        commit = _git_out(["rev-parse", "HEAD"], cwd=path).strip()
+        diff = _git_out(["diff", "HEAD", "--binary"], cwd=path)
+        identity = f"git:{commit}" + (f"+dirty:{hashlib.sha256(diff.encode()).hexdigest()[:16]}" if diff else "")
+    else:
+        identity = _stat_fingerprint(path)
+    entry = cache.Entry("sources", cache.key_of(identity=identity, path=str(path)))
+    if not entry.ready():
+        progress(f"copying {path} into the cache (the tree itself is never modified)")
+
+    def copy(tmp: Path) -> None:
+        dest = tmp / "linux"
+        if is_git:
+            _export_git(path, commit, dest, log)
+            if diff:  # carry uncommitted changes of tracked files over
+                procs.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=dest, stage="source",
+                          error=SourceError, log=log, input=diff.encode(), what="git apply (uncommitted changes)",
+                          env={"GIT_CEILING_DIRECTORIES": str(tmp)})
+        else:
+            shutil.copytree(path, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+            if (dest / ".config").exists() or (dest / "include" / "config").exists():
+                procs.run(["make", "-C", dest, "mrproper"], stage="source", error=SourceError, log=log,
+                          what="make mrproper (copy of an in-tree build)")
+
+    root = entry.ensure(copy) / "linux"
+    return _finish(root, f"tree {path}", identity)
+
+
+def _from_git(url: str, ref: str, log_dir: Path, progress: Progress) -> SourceTree:
+    log = log_dir / "source.log"
+    mirror = cache.cache_root() / "git" / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".git")
+    with cache.locked(str(mirror) + ".lock"):
+        if not mirror.exists():
+            procs.run(["git", "init", "-q", "--bare", mirror], stage="source", error=SourceError, log=log)
+        progress(f"fetching {ref} from {url}")
+        procs.run(["git", "-C", mirror, "fetch", "--no-tags", "--depth", "1", url, ref], stage="source",
+                  error=SourceError, log=log, what=f"git fetch {url} {ref}", env={"GIT_TERMINAL_PROMPT": "0"})
+        commit = _git_out(["rev-parse", "FETCH_HEAD^{commit}"], cwd=mirror).strip()
+    identity = f"git:{commit}"
+    entry = cache.Entry("sources", cache.key_of(identity=identity))
+    root = entry.ensure(lambda tmp: _export_git(mirror, commit, tmp / "linux", log)) / "linux"
+    return _finish(root, f"git {url} {ref}", identity)
+
+
+def resolve(cfg: Config, log_dir: Path, progress: Progress = print) -> SourceTree:
+    """The pristine kernel tree the configuration names."""
+    k: KernelConfig = cfg.kernel
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if k.source == "debian":
+        return _from_tarball(Path(k.tarball), log_dir, progress)
+    if k.source == "path":
+        return _from_path(cfg.resolve_path(k.path), log_dir, progress)
+    assert k.git is not None
+    url = k.git.url
+    if "://" not in url and not url.startswith("git@") and Path(url).expanduser().exists():
+        url = str(cfg.resolve_path(url))
+    return _from_git(url, k.git.ref, log_dir, progress)

@@ -1,0 +1,124 @@
+"""kvm-harness: build patched arm64 kernels, boot nested KVM, trace host_cpuid.
+
+Exit codes: 0 every scenario behaved; 1 the hypercall or kernel misbehaved (verdict in
+summary.json); 2 bad input (config, patch, tree); 3 the harness or machine failed;
+130 interrupted.  Every failure prints its stage, the log tail and a reproducer."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from . import analysis, cache, config
+from .errors import INPUT, HarnessError
+
+ENV_TREE = "KVM_HARNESS_KERNEL_TREE"
+
+
+def _config(args) -> config.Config:
+    cfg = config.load(args.config)
+    sets = list(args.set or [])
+    tree = args.kernel_tree or (os.environ.get(ENV_TREE) if not args.config else None)
+    if tree:
+        sets += ["kernel.source=path", f"kernel.path={Path(tree).resolve()}"]
+    if args.kvm_patch:
+        sets.append(f"patches.host={Path(args.kvm_patch).resolve()}")
+    if args.vm_patch:
+        sets.append(f"patches.guest={Path(args.vm_patch).resolve()}")
+    if getattr(args, "output", None):
+        sets.append(f"output={args.output}")
+    return config.override(cfg, sets) if sets else cfg
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help=f"YAML config (default: {config.DEFAULT_CONFIG.relative_to(config.REPO)})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set l1.cpus=4 --set scenarios[...]: repeatable")
+    p.add_argument("--kernel-tree", metavar="PATH", help=f"use this kernel tree (or set ${ENV_TREE})")
+    p.add_argument("--kvm-patch", metavar="FILE", help="host patch (default: the profile's reference)")
+    p.add_argument("--vm-patch", metavar="FILE", help="guest patch (default: the profile's reference)")
+
+
+def cmd_run(args) -> int:
+    from . import run
+
+    cfg = _config(args)
+    summary = run.main_job(cfg, run_dir=Path(args.run_dir) if args.run_dir else None)
+    print()
+    print(analysis.human_summary(summary))
+    print(f"\nverdict: {summary['verdict']} - {summary.get('verdict_text', '')}")
+    for f in summary.get("kernel_log_findings", []):
+        print(f"  {f['where']}: {f['line']}")
+    print(f"run directory: {summary['run_dir']} (summary.json, traces/, *-console.log, logs/)")
+    return 0 if summary["verdict"] == "ok" else 1
+
+
+def cmd_build(args) -> int:
+    from . import run
+
+    cfg = _config(args)
+    log_dir = Path(args.log_dir)
+    art = run.prepare(cfg, log_dir)
+    print(json.dumps({"host": str(art.host.image), "guest": str(art.guest.image), "l1_rootfs": str(art.l1_rootfs),
+                      "l2_initramfs": str(art.l2_initramfs), "workload": str(art.workload),
+                      "profile": art.profile.name, "syscall_nr": art.profile.syscall_nr}, indent=1))
+    return 0
+
+
+def cmd_clean(args) -> int:
+    kinds = None if args.all else (args.kinds or ["kernels", "work"])
+    for d in cache.clean(kinds):
+        print(f"removed {d}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    print(cache.cache_root())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvm-harness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="the main job: build (cached), boot L1+L2, run scenarios, write a run directory")
+    _common(r)
+    r.add_argument("--run-dir", help="write results here (default: <output>/<timestamp>-run)")
+    r.add_argument("-o", "--output", help="parent directory of run directories (config key: output)")
+    r.set_defaults(func=cmd_run)
+    b = sub.add_parser("build", help="build kernels, root filesystems and the workload only (cached)")
+    _common(b)
+    b.add_argument("--log-dir", default="build-logs", help="where build logs go (default: ./build-logs)")
+    b.set_defaults(func=cmd_build)
+    c = sub.add_parser("clean", help="remove cached builds (kernels and worktrees by default)")
+    c.add_argument("kinds", nargs="*", help="cache kinds: kernels work sources rootfs ccache git ...")
+    c.add_argument("--all", action="store_true", help="remove the whole cache")
+    c.set_defaults(func=cmd_clean)
+    k = sub.add_parser("cache-dir", help="print the cache directory")
+    k.set_defaults(func=cmd_cache)
+    return p
+
+
+def _sigterm(signum, frame):  # turn SIGTERM into the same cleanup path as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return args.func(args)
+    except HarnessError as e:
+        print("\n" + e.render(), file=sys.stderr)
+        return 2 if e.kind == INPUT else (1 if e.kind == "subject" else 3)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every QEMU of this run was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

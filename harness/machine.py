@@ -1,0 +1,201 @@
+"""L0: the arm64 KVM host (L1) as a QEMU process, with bounded shutdown and guaranteed
+cleanup, in the spirit of QEMU's python/qemu/machine:
+
+    with Machine(spec, run_dir) as l1:      # launch: QEMU on a pty, QMP handshake
+        l1.wait_ready(deadline)             # console marker, crash/exit stop the wait
+        ssh = l1.ssh(deadline)
+    # shutdown: QMP quit -> bounded wait -> kill; console closed first; logs kept
+"""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from . import procs
+from .console import Console
+from .deadline import Deadline
+from .errors import BootError, InfraError
+from .ssh import Session
+
+READY_MARKER = "HARNESS-READY {name}"
+QEMU = "qemu-system-aarch64"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kvm_usable() -> bool:
+    """Can this host run arm64 guests with KVM (an aarch64 host with /dev/kvm)?"""
+    return platform.machine() in ("aarch64", "arm64") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+@dataclass
+class MachineSpec:
+    name: str
+    kernel: Path
+    rootfs: Path
+    payload: Optional[Path] = None
+    cpus: int = 4
+    memory_mb: int = 2048
+    cpu_model: str = "cortex-a57"
+    accel: str = "auto"
+    append: str = ""
+    # name -> guest TCP port forwarded from a free 127.0.0.1 port of the host
+    forwards: Dict[str, int] = field(default_factory=lambda: {"ssh": 22})
+
+    def accelerator(self) -> str:
+        if self.accel == "auto":
+            return "kvm" if kvm_usable() else "tcg"
+        return self.accel
+
+    def argv(self, ports: Dict[str, int], qmp_path: Path) -> List[str]:
+        accel = self.accelerator()
+        if accel == "kvm":
+            # nested virtualization on an arm64 host: the host CPU with EL2 for the guest
+            machine, cpu, accel_opt = "virt,virtualization=on,gic-version=3", "host", "kvm"
+        else:
+            # cortex-a57 has no VHE: L1's KVM runs split-mode (nVHE) as the assignment requires
+            machine, cpu, accel_opt = "virt,virtualization=on,gic-version=3", self.cpu_model, "tcg,thread=multi"
+        fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[n]}-:{p}" for n, p in sorted(self.forwards.items()))
+        append = " ".join(x for x in (
+            "console=ttyAMA0 root=/dev/vda ro rootwait init=/sbin/harness-init panic=-1 nokaslr",
+            self.append) if x)
+        argv = [
+            QEMU, "-machine", machine, "-cpu", cpu, "-accel", accel_opt,
+            "-smp", str(self.cpus), "-m", str(self.memory_mb),
+            "-nodefaults", "-no-reboot", "-display", "none",
+            "-serial", "stdio", "-monitor", "none",
+            "-qmp", f"unix:{qmp_path},server=on,wait=off",
+            "-kernel", str(self.kernel), "-append", append,
+            "-drive", f"file={self.rootfs},if=none,id=root,format=raw,snapshot=on,readonly=on",
+            "-device", "virtio-blk-pci,drive=root",
+            "-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-device", "virtio-rng-pci",
+        ]
+        if self.payload:
+            argv += ["-drive", f"file={self.payload},if=none,id=payload,format=raw,readonly=on",
+                     "-device", "virtio-blk-pci,drive=payload"]
+        return argv
+
+
+class Machine:
+    def __init__(self, spec: MachineSpec, run_dir: Path, identity, progress=print):
+        self.spec = spec
+        self.run_dir = Path(run_dir)
+        self.identity = identity  # images.SshIdentity
+        self.progress = progress
+        self.console: Optional[Console] = None
+        self.qmp: Optional[QEMUMonitorProtocol] = None
+        self.ports: Dict[str, int] = {}
+        self.argv: List[str] = []
+        self.console_log = self.run_dir / f"{spec.name}-console.log"
+        self.qmp_path = self.run_dir / f".{spec.name}-qmp.sock"
+        self._sessions: List[Session] = []
+        self.launched_at = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def launch(self, deadline: Deadline) -> None:
+        for attempt in range(3):  # a forwarded port taken meanwhile is transient: retry
+            self.ports = {n: free_port() for n in self.spec.forwards}
+            self.argv = self.spec.argv(self.ports, self.qmp_path)
+            (self.run_dir / f"{self.spec.name}-qemu.cmdline").write_text(procs.reproducer(self.argv) + "\n")
+            if self.qmp_path.exists():
+                self.qmp_path.unlink()
+            self.launched_at = time.monotonic()
+            self.console = Console(self.argv, self.console_log, self.spec.name)
+            try:
+                self._connect_qmp(deadline)
+                return
+            except InfraError:
+                text = self.console.text()
+                self.console.close()
+                if "Could not set up host forwarding" in text or "Address already in use" in text:
+                    continue
+                raise
+        raise InfraError(f"{self.spec.name}: could not find free ports for QEMU's forwards", stage="launch")
+
+    def _connect_qmp(self, deadline: Deadline) -> None:
+        end = time.monotonic() + min(30, max(1.0, deadline.remaining()))
+        while not self.qmp_path.exists():
+            if not self.console.alive():
+                time.sleep(0.2)
+                raise InfraError(f"{self.spec.name}: QEMU exited at start", stage="launch",
+                                 tail=self.console.tail(), reproduce=self.argv)
+            if time.monotonic() > end:
+                raise InfraError(f"{self.spec.name}: QEMU created no QMP socket in time", stage="launch",
+                                 tail=self.console.tail(), reproduce=self.argv)
+            time.sleep(0.05)
+        qmp = QEMUMonitorProtocol(str(self.qmp_path))
+        try:
+            qmp.connect(negotiate=True)
+        except Exception as e:  # noqa: BLE001 - any handshake failure is an infra failure
+            raise InfraError(f"{self.spec.name}: QMP handshake failed: {e}", stage="launch",
+                             tail=self.console.tail(), reproduce=self.argv) from None
+        self.qmp = qmp
+
+    def exit_reason(self) -> Optional[str]:
+        if self.console and not self.console.alive():
+            return f"{self.spec.name}'s QEMU exited"
+        return None
+
+    def wait_ready(self, deadline: Deadline) -> float:
+        """Wait for the init's ready marker; returns seconds since launch."""
+        marker = READY_MARKER.format(name=self.spec.name)
+        try:
+            self.console.wait_for(rf"{marker}\b", deadline, f"'{marker}' on the console")
+        except BootError as e:
+            e.log = self.console_log
+            e.reproduce = e.reproduce or procs.reproducer(self.argv)
+            raise
+        return time.monotonic() - self.launched_at
+
+    def ssh(self, deadline: Deadline, port_name: str = "ssh", name: Optional[str] = None) -> Session:
+        s = Session.wait(name or self.spec.name, "127.0.0.1", self.ports[port_name], self.identity.client_key,
+                         self.identity.host_pub, deadline, abort=self.exit_reason,
+                         tail=lambda: self.console.tail(), log=self.run_dir / "ssh.log")
+        self._sessions.append(s)
+        return s
+
+    def shutdown(self, timeout: float = 10) -> None:
+        """Polite quit, bounded wait, then kill; cleanup runs whatever happened."""
+        for s in self._sessions:
+            s.close()
+        self._sessions.clear()
+        try:
+            if self.qmp is not None and self.console is not None and self.console.alive():
+                try:
+                    self.qmp.cmd("quit")
+                except Exception:  # noqa: BLE001 - QEMU may already be gone
+                    pass
+        finally:
+            if self.qmp is not None:
+                try:
+                    self.qmp.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self.qmp = None
+            if self.console is not None:
+                child = self.console.child
+                end = time.monotonic() + timeout
+                while child.isalive() and time.monotonic() < end:
+                    time.sleep(0.05)
+                self.console.close()  # closes the pty and SIGKILLs if still alive
+                self.console = None
+            if self.qmp_path.exists():
+                self.qmp_path.unlink()
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

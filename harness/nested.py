@@ -1,0 +1,152 @@
+"""L2: the multi-vCPU KVM guest that L1 runs.  Its QEMU is started inside L1 over SSH
+(``-daemonize``, so a failed start reports synchronously); its QMP and SSH are
+forwarded out to the harness through L1's own user-mode network and L0's forwards.
+
+KVM must really be in use: ``-accel kvm`` without a TCG fallback, then QMP
+``query-kvm`` must say enabled."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .deadline import Deadline
+from .errors import BootError, GuestCommandError, InfraError, StageTimeout
+from .ssh import Session
+
+# ports inside L1 (an isolated machine: fixed numbers are fine there)
+L2_SSH_PORT = 2222
+L2_QMP_PORT = 4444
+L1_FORWARDS = {"ssh": 22, "l2-ssh": L2_SSH_PORT, "l2-qmp": L2_QMP_PORT}
+RUN = "/run/l2"
+
+
+@dataclass
+class GuestSpec:
+    cpus: int = 2
+    memory_mb: int = 384
+    kernel: str = "/payload/Image"
+    initrd: str = "/payload/initramfs.cpio.gz"
+    append: str = ""
+
+    def argv(self) -> List[str]:
+        append = " ".join(x for x in ("console=ttyAMA0 quiet panic=-1 nokaslr", self.append) if x)
+        return [
+            "qemu-system-aarch64", "-machine", "virt,gic-version=3", "-cpu", "host", "-accel", "kvm",
+            "-smp", str(self.cpus), "-m", str(self.memory_mb),
+            "-nodefaults", "-no-reboot", "-display", "none", "-daemonize",
+            "-pidfile", f"{RUN}/qemu.pid", "-serial", f"file:{RUN}/console.log", "-monitor", "none",
+            "-qmp", f"tcp:0.0.0.0:{L2_QMP_PORT},server=on,wait=off",
+            "-kernel", self.kernel, "-initrd", self.initrd, "-append", append,
+            "-netdev", f"user,id=n0,hostfwd=tcp::{L2_SSH_PORT}-:22",
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
+        ]
+
+
+class Guest:
+    def __init__(self, spec: GuestSpec, l1, l1_ssh: Session, run_dir: Path):
+        self.spec = spec
+        self.l1 = l1  # machine.Machine
+        self.l1_ssh = l1_ssh
+        self.run_dir = Path(run_dir)
+        self.qmp: Optional[QEMUMonitorProtocol] = None
+        self.launched_at = 0.0
+        self.pid: Optional[int] = None
+        self._sessions: List[Session] = []
+
+    def launch(self, deadline: Deadline) -> None:
+        argv = self.spec.argv()
+        (self.run_dir / "l2-qemu.cmdline").write_text(" ".join(argv) + "\n")
+        self.l1_ssh.run(["mkdir", "-p", RUN])
+        self.launched_at = time.monotonic()
+        res = self.l1_ssh.run(argv, timeout=max(5, deadline.remaining()), check=False, stage=deadline.stage)
+        if res.rc != 0:
+            raise BootError(f"{deadline.stage}: L2's QEMU did not start in L1 (exit {res.rc}): "
+                            f"{(res.err or res.out).strip().splitlines()[-1:] or ''}", stage=deadline.stage,
+                            tail=res.out + res.err, reproduce=" ".join(argv), kind="subject")
+        self.pid = int(self.l1_ssh.run(["cat", f"{RUN}/qemu.pid"]).out.strip())
+        self._connect_qmp(deadline)
+        kvm = self.qmp.cmd("query-kvm")
+        if not (kvm.get("enabled") and kvm.get("present")):
+            raise InfraError(f"{deadline.stage}: L2 is not running with KVM (query-kvm: {kvm})", stage=deadline.stage)
+
+    def _connect_qmp(self, deadline: Deadline) -> None:
+        last = None
+        while not deadline.expired():
+            qmp = QEMUMonitorProtocol(("127.0.0.1", self.l1.ports["l2-qmp"]))
+            try:
+                qmp.connect(negotiate=True)
+                self.qmp = qmp
+                return
+            except Exception as e:  # noqa: BLE001 - slirp accepts before QEMU answers: retry
+                last = e
+                try:
+                    qmp.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                time.sleep(0.3)
+        raise StageTimeout(f"{deadline.stage}: L2's QMP did not answer ({last})", stage=deadline.stage)
+
+    def exit_reason(self) -> Optional[str]:
+        reason = self.l1.exit_reason()
+        if reason:
+            return reason
+        if self.pid is not None:
+            res = self.l1_ssh.run(["kill", "-0", str(self.pid)], check=False)
+            if res.rc != 0:
+                return "L2's QEMU exited inside L1"
+        return None
+
+    def console_text(self) -> str:
+        res = self.l1_ssh.run(["cat", f"{RUN}/console.log"], check=False)
+        return res.out
+
+    def ssh(self, deadline: Deadline) -> Session:
+        s = Session.wait("l2", "127.0.0.1", self.l1.ports["l2-ssh"], self.l1.identity.client_key,
+                         self.l1.identity.host_pub, deadline, abort=self.exit_reason,
+                         tail=lambda: self.console_text()[-4000:], log=self.run_dir / "ssh.log")
+        self._sessions.append(s)
+        return s
+
+    def vcpu_threads(self) -> Dict[int, int]:
+        """vCPU index -> host (L1) thread id, from QMP query-cpus-fast."""
+        cpus = self.qmp.cmd("query-cpus-fast")
+        return {c["cpu-index"]: c["thread-id"] for c in cpus}
+
+    def pin(self, pins: Dict[int, int]) -> Dict[int, int]:
+        """Pin vCPU threads to L1 CPUs (taskset in L1); unlisted vCPUs may run anywhere."""
+        threads = self.vcpu_threads()
+        ncpu = int(self.l1_ssh.run(["nproc"]).out.strip())
+        for v, tid in threads.items():
+            cpus = str(pins[v]) if v in pins else f"0-{ncpu - 1}"
+            self.l1_ssh.run(["taskset", "-pc", cpus, str(tid)], stage="pin")
+        for v, p in pins.items():
+            got = self.l1_ssh.run(["taskset", "-pc", str(threads[v])], stage="pin").out
+            if not got.strip().endswith(f": {p}"):
+                raise GuestCommandError(f"pinning vCPU {v} (thread {threads[v]}) to pCPU {p} did not hold: {got}",
+                                        stage="pin")
+        return threads
+
+    def shutdown(self, timeout: float = 5) -> None:
+        for s in self._sessions:
+            s.close()
+        self._sessions.clear()
+        if self.qmp is not None:
+            try:
+                self.qmp.cmd("quit")
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            try:
+                self.qmp.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self.qmp = None
+        # L2 lives inside L1: L1's shutdown ends it in any case
+        try:
+            log = self.console_text()
+            (self.run_dir / "l2-console.log").write_text(log)
+        except Exception:  # noqa: BLE001 - L1 may be gone; its console log is kept anyway
+            pass

@@ -1,0 +1,328 @@
+"""The main job: build what the configuration names, boot L1 and L2, run the
+scenarios, fetch and analyse the traces, write the run directory.
+
+    prepare()  -> Artefacts   (sources, patches, kernels, images, workload: all cached)
+    Stack(...)                (context manager: L1 booted, L2 launched, SSH sessions)
+    run_scenario()            (pins, host load, workload processes, traces)
+    main_job()                (all of it, plus summary.json and the human summary)
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from . import analysis, images, kbuild, profiles, sources, workload
+from .config import Config, Scenario
+from .console import scan
+from .deadline import Deadline
+from .errors import BootError, HarnessError, KernelBugError, TraceError, WorkloadError
+from .kbuild import KernelBuild
+from .machine import Machine, MachineSpec
+from .nested import L1_FORWARDS, Guest, GuestSpec
+from .patches import Patch
+from .trace import read_trace
+
+Progress = Callable[[str], None]
+
+# Stage budgets in seconds (measured under TCG on a 2-core x86 machine, with headroom).
+L1_BOOT_S = 90
+L1_SSH_S = 60
+L2_LAUNCH_S = 60
+L2_SSH_S = 120
+
+
+@dataclass
+class Artefacts:
+    source: sources.SourceTree
+    profile: profiles.Profile
+    host: KernelBuild
+    guest: KernelBuild
+    l1_rootfs: Path
+    l2_initramfs: Path
+    workload: Path
+    identity: images.SshIdentity
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def load_patch(spec: str, role: str, profile: profiles.Profile, cfg: Config) -> Optional[Patch]:
+    """'reference' -> the profile's patch, 'none' -> unpatched, else a path."""
+    if spec == "none":
+        return None
+    if spec == "reference":
+        path = profile.reference_kvm_patch if role == "host" else profile.reference_vm_patch
+        return Patch.from_file(path, f"reference {profile.name} {path.name}")
+    return Patch.from_file(cfg.resolve_path(spec))
+
+
+def prepare(cfg: Config, log_dir: Path, progress: Progress = print) -> Artefacts:
+    t: Dict[str, float] = {}
+    t0 = time.monotonic()
+    src = sources.resolve(cfg, log_dir, progress)
+    profile = profiles.select(src.version, cfg.kernel.profile)
+    progress(f"kernel: Linux {src.version_str} from {src.origin}; profile {profile.name} "
+             f"(host_cpuid is syscall {profile.syscall_nr})")
+    host_patch = load_patch(cfg.patches.host, "host", profile, cfg)
+    guest_patch = load_patch(cfg.patches.guest, "guest", profile, cfg)
+    t["source"] = time.monotonic() - t0
+    builder = kbuild.Builder(src, profile, jobs=cfg.kernel.jobs, use_ccache=cfg.kernel.ccache, progress=progress)
+    t0 = time.monotonic()
+    host = builder.build("host", host_patch, log_dir)
+    t["host_kernel"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    guest = builder.build("guest", guest_patch, log_dir)
+    t["guest_kernel"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    identity = images.ssh_identity()
+    wl = workload.build_workload(log_dir)
+    l1 = images.l1_rootfs(log_dir)
+    l2 = images.l2_initramfs(wl, log_dir)
+    t["images"] = time.monotonic() - t0
+    return Artefacts(src, profile, host, guest, l1, l2, wl, identity, {k: round(v, 1) for k, v in t.items()})
+
+
+class Stack:
+    """L1 booted with the host kernel, L2 running inside it with KVM; both reachable."""
+
+    def __init__(self, cfg: Config, art: Artefacts, run_dir: Path, progress: Progress = print):
+        self.cfg = cfg
+        self.art = art
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.l1: Optional[Machine] = None
+        self.l2: Optional[Guest] = None
+        self.l1_ssh = None
+        self.l2_ssh = None
+        self.timings: Dict[str, float] = {}
+
+    def __enter__(self) -> "Stack":
+        try:
+            self._boot()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _boot(self) -> None:
+        cfg, art = self.cfg, self.art
+        payload = images.payload_disk(self.run_dir / "payload.ext4",
+                                      {"Image": art.guest.image, "initramfs.cpio.gz": art.l2_initramfs},
+                                      log_dir=self.run_dir / "logs")
+        spec = MachineSpec(name="l1", kernel=art.host.image, rootfs=art.l1_rootfs, payload=payload,
+                           cpus=cfg.l1.cpus, memory_mb=cfg.l1.memory_mb, cpu_model=cfg.l1.cpu_model,
+                           accel=cfg.l1.accel, append=cfg.l1.append, forwards=dict(L1_FORWARDS))
+        self.progress(f"booting L1 ({spec.accelerator()}, {spec.cpus} CPUs, {spec.cpu_model})")
+        self.l1 = Machine(spec, self.run_dir, art.identity, self.progress)
+        boot = Deadline(L1_BOOT_S, "l1-boot")
+        self.l1.launch(boot)
+        self.timings["l1_ready_s"] = round(self.l1.wait_ready(boot), 2)
+        self.l1_ssh = self.l1.ssh(Deadline(L1_SSH_S, "l1-ssh"))
+        self.timings["l1_ssh_s"] = round(time.monotonic() - self.l1.launched_at, 2)
+        banner = re.search(art.profile.nvhe_banner, self.l1.console.text())
+        if not banner:
+            vhe = "VHE mode initialized" in self.l1.console.text()
+            raise BootError("L1's KVM did not initialise in split (nVHE) mode"
+                            + (" (it chose VHE)" if vhe else " (no 'Hyp mode initialized' line; is EL2 there?)"),
+                            stage="l1-kvm", tail=self.l1.console.tail(60), log=self.l1.console_log)
+        self.progress(f"L1 up: SSH after {self.timings['l1_ssh_s']} s; KVM: {banner.group(0)}")
+        self.l2 = Guest(GuestSpec(cpus=cfg.l2.cpus, memory_mb=cfg.l2.memory_mb, append=cfg.l2.append),
+                        self.l1, self.l1_ssh, self.run_dir)
+        self.progress(f"launching L2 inside L1 (KVM, {cfg.l2.cpus} vCPUs)")
+        self.l2.launch(Deadline(L2_LAUNCH_S, "l2-launch"))
+        self.l2_ssh = self.l2.ssh(Deadline(L2_SSH_S, "l2-ssh"))
+        self.timings["l2_ssh_s"] = round(time.monotonic() - self.l2.launched_at, 2)
+        self.progress(f"L2 up: SSH {self.timings['l2_ssh_s']} s after launch")
+
+    def kernel_findings(self) -> List[dict]:
+        """BUG:/WARNING:/Oops lines from L1's console and dmesg and L2's console."""
+        found = []
+        seen = set()
+        texts = []
+        if self.l1 and self.l1.console:
+            texts.append(("l1-console", self.l1.console.text()))
+        if self.l1_ssh:
+            try:
+                texts.append(("l1-dmesg", self.l1_ssh.run(["dmesg"], check=False).out))
+            except HarnessError:
+                pass
+        if self.l2:
+            try:
+                texts.append(("l2-console", self.l2.console_text()))
+            except HarnessError:
+                pass
+        for where, text in texts:
+            for f in scan(text):
+                key = re.sub(r"^\[[ \d.]+\]\s*", "", f.line)
+                if key not in seen:
+                    seen.add(key)
+                    found.append({"where": where, "signature": f.signature, "line": f.line})
+        return found
+
+    def close(self) -> None:
+        if self.l2 is not None:
+            try:
+                self.l2.shutdown()
+            finally:
+                self.l2 = None
+        if self.l1 is not None:
+            self.l1.shutdown()
+            self.l1 = None
+
+
+def _start_load(l1_ssh, n: int) -> List[int]:
+    if n <= 0:
+        return []
+    script = ";".join(["(while :; do :; done) >/dev/null 2>&1 </dev/null & echo $!"] * n)
+    out = l1_ssh.run(["sh", "-c", script]).out
+    return [int(x) for x in out.split()]
+
+
+def run_scenario(stack: Stack, sc: Scenario, out_dir: Path, progress: Progress = print) -> dict:
+    cfg, art = stack.cfg, stack.art
+    nr = art.profile.syscall_nr
+    vcpus = sc.vcpus or list(range(cfg.l2.cpus))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = stack.l2.pin(sc.pin)
+    loads = _start_load(stack.l1_ssh, sc.host_load)
+    progress(f"scenario {sc.name}: {sc.calls} calls on vCPUs {vcpus}"
+             + (f", pins {sc.pin}" if sc.pin else ", unpinned") + (f", {sc.host_load} busy loops in L1" if loads else ""))
+    try:
+        runs = []
+        for v in vcpus:
+            argv = workload.workload_argv(count=sc.calls, duration=sc.duration_s, vcpu=v, syscall_nr=nr,
+                                          out=f"/tmp/trace-{sc.name}-{v}.bin")
+            runs.append((v, argv, stack.l2_ssh.start(argv)))
+        budget = (sc.duration_s or 0) + sc.calls * 0.005 + 60
+        results = {}
+        for v, argv, chan in runs:
+            res = stack.l2_ssh.finish(chan, argv, timeout=budget, stage=f"workload ({sc.name})")
+            if res.rc != 0:
+                raise WorkloadError(f"scenario {sc.name}: workload on vCPU {v} exited {res.rc}: "
+                                    f"{res.err.strip()[-300:]}", stage=f"workload ({sc.name})",
+                                    tail=res.out + res.err)
+            results[v] = res
+        compare = {}
+        if sc.compare:
+            compare = _compare(stack, vcpus[0], sc, nr)
+    finally:
+        if loads:
+            stack.l1_ssh.run(["kill", *map(str, loads)], check=False)
+    per_vcpu = {}
+    for v in vcpus:
+        local = stack.l2_ssh.get(f"/tmp/trace-{sc.name}-{v}.bin", out_dir / f"vcpu{v}.bin")
+        tr = read_trace(local)
+        if sc.duration_s is None and len(tr) != sc.calls:
+            raise TraceError(f"{local}: {len(tr)} samples, {sc.calls} requested", stage="trace")
+        tr.to_csv(out_dir / f"vcpu{v}.csv")
+        s = analysis.summarize_trace(tr)
+        if v in sc.pin:
+            s["pinned_to"] = sc.pin[v]
+            s["pin_respected"] = s["verdict"] == "ok" and set(s["pcpus"]) == {sc.pin[v]}
+        if s["observed_vcpus"] != [v]:
+            s["vcpu_pinning_in_guest_failed"] = True
+        per_vcpu[str(v)] = s
+    return {"name": sc.name, "pin": sc.pin, "host_load": sc.host_load, "calls": sc.calls,
+            "vcpu_threads": {str(k): t for k, t in threads.items()}, "per_vcpu": per_vcpu, "compare": compare}
+
+
+def _compare(stack: Stack, v: int, sc: Scenario, nr: int) -> dict:
+    """Same run, same vCPU: recorded hostcpuid vs bare hostcpuid vs getppid."""
+    out = {}
+    for label, kw in (("hostcpuid_recorded", {}), ("hostcpuid_bare", {"bare": True}),
+                      ("getppid_recorded", {"mode": "getppid"})):
+        argv = workload.workload_argv(count=sc.calls, vcpu=v, syscall_nr=nr, out=f"/tmp/cmp-{label}.bin", **kw)
+        res = stack.l2_ssh.run(argv, timeout=sc.calls * 0.005 + 60, stage="compare")
+        out[label + "_calls_per_s"] = round(workload.parse_summary_line(res.out)["calls_per_s"], 1)
+    rec, bare = out["hostcpuid_recorded_calls_per_s"], out["hostcpuid_bare_calls_per_s"]
+    out["recording_overhead_pct"] = round(100.0 * (bare - rec) / bare, 2) if bare else None
+    return out
+
+
+def new_run_dir(cfg: Config, name: str = "run") -> Path:
+    base = Path(cfg.output)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = base / f"{stamp}-{name}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base / f"{stamp}-{name}-{n}"
+    (run_dir / "logs").mkdir(parents=True)
+    latest = base / "latest"
+    try:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(run_dir.name)
+    except OSError:
+        pass
+    return run_dir
+
+
+def overall_verdict(scenarios: List[dict], findings: List[dict]) -> str:
+    words = {s["verdict"] for sc in scenarios for s in sc["per_vcpu"].values()}
+    if any(f["signature"] in ("bug", "warning", "oops", "panic", "hyp-panic", "lockup", "rcu-stall")
+           for f in findings):
+        return "kernel-bug"
+    if any(s.get("pin_respected") is False for sc in scenarios for s in sc["per_vcpu"].values()):
+        return "wrong-pcpu"
+    if words == {"ok"}:
+        return "ok"
+    return sorted(words - {"ok"})[0] if words - {"ok"} else "ok"
+
+
+def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = print) -> dict:
+    """Everything, end to end.  Returns the summary (also in run_dir/summary.json).
+    Harness failures raise HarnessError after the partial summary and logs are written."""
+    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    summary: dict = {"run_dir": str(run_dir), "config": cfg.source_file, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        art = prepare(cfg, run_dir / "logs", progress)
+        summary.update({
+            "kernel": {"origin": art.source.origin, "identity": art.source.identity, "version": art.source.version_str},
+            "profile": art.profile.name, "syscall_nr": art.profile.syscall_nr,
+            "hvc_func_id": hex(art.profile.hvc_func_id),
+            "patches": {"host": art.host.meta.get("patch"), "guest": art.guest.meta.get("patch")},
+            "builds": {"host": {"key": art.host.key, "cached": art.host.cached, "seconds": art.host.meta.get("seconds")},
+                       "guest": {"key": art.guest.key, "cached": art.guest.cached,
+                                 "seconds": art.guest.meta.get("seconds")}},
+            "prepare_s": art.seconds,
+        })
+        for b in (art.host, art.guest):
+            shutil.copyfile(b.config, run_dir / "logs" / f"{b.role}-kernel.config")
+        scenarios = cfg.scenarios or [Scenario(name="default")]
+        with Stack(cfg, art, run_dir, progress) as stack:
+            summary["timings"] = stack.timings
+            results = []
+            for sc in scenarios:
+                results.append(run_scenario(stack, sc, run_dir / "traces" / sc.name, progress))
+                summary["scenarios"] = results
+            findings = stack.kernel_findings()
+        summary["kernel_log_findings"] = findings
+        summary["verdict"] = overall_verdict(results, findings)
+        summary["verdict_text"] = analysis.describe(summary["verdict"], art.profile.syscall_nr)
+        if summary["verdict"] == "kernel-bug":
+            summary["verdict_text"] = "the kernel logged: " + "; ".join(f["line"] for f in findings[:3])
+        elif summary["verdict"] == "wrong-pcpu":
+            summary["verdict_text"] = "a pinned vCPU reported a pCPU other than the one its thread was pinned to"
+    except HarnessError as e:
+        summary["verdict"] = "error"
+        summary["error"] = e.to_dict()
+        raise
+    finally:
+        summary["seconds"] = round(time.monotonic() - t_start, 1)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def assert_no_kernel_bugs(summary: dict) -> None:
+    if summary.get("kernel_log_findings"):
+        lines = "\n".join(f"{f['where']}: {f['line']}" for f in summary["kernel_log_findings"])
+        raise KernelBugError(f"the kernels logged {len(summary['kernel_log_findings'])} problem line(s)", tail=lines)

@@ -1,0 +1,159 @@
+"""SSH and SFTP sessions (paramiko) with hermetic host-key checking: the harness made
+the guests' host key, so it knows exactly which key to accept and rejects any other."""
+from __future__ import annotations
+
+import base64
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Union
+
+import paramiko
+
+from .deadline import Deadline
+from .errors import BootError, GuestCommandError, InfraError, StageTimeout
+
+
+@dataclass
+class Result:
+    argv: List[str]
+    rc: int
+    out: str
+    err: str
+
+
+def _host_key(pub_line: str) -> paramiko.PKey:
+    kind, b64 = pub_line.split()[:2]
+    data = base64.b64decode(b64)
+    if kind == "ssh-ed25519":
+        return paramiko.Ed25519Key(data=data)
+    if kind == "ssh-rsa":
+        return paramiko.RSAKey(data=data)
+    return paramiko.ECDSAKey(data=data)
+
+
+class Session:
+    def __init__(self, name: str, client: paramiko.SSHClient, log: Optional[Path] = None):
+        self.name = name
+        self.client = client
+        self.log = log
+        self._sftp: Optional[paramiko.SFTPClient] = None
+
+    @classmethod
+    def connect(cls, name: str, host: str, port: int, key_file: Path, host_pub: str,
+                timeout: float = 10, log: Optional[Path] = None) -> "Session":
+        client = paramiko.SSHClient()
+        client.get_host_keys().add(f"[{host}]:{port}", host_pub.split()[0], _host_key(host_pub))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(host, port=port, username="root", key_filename=str(key_file), timeout=timeout,
+                       banner_timeout=timeout, auth_timeout=timeout, allow_agent=False, look_for_keys=False)
+        client.get_transport().set_keepalive(5)
+        return cls(name, client, log)
+
+    @classmethod
+    def wait(cls, name: str, host: str, port: int, key_file: Path, host_pub: str, deadline: Deadline,
+             abort: Optional[Callable[[], Optional[str]]] = None, tail: Callable[[], str] = lambda: "",
+             log: Optional[Path] = None) -> "Session":
+        """Poll until SSH answers; stop early when ``abort()`` gives a reason (QEMU exited, crash)."""
+        last = "no attempt"
+        while True:
+            if abort:
+                reason = abort()
+                if reason:
+                    raise BootError(f"{deadline.stage}: {reason}", stage=deadline.stage, tail=tail())
+            try:
+                return cls.connect(name, host, port, key_file, host_pub, timeout=min(10, max(1, deadline.remaining())),
+                                   log=log)
+            except paramiko.BadHostKeyException as e:
+                raise InfraError(f"{name}: host key mismatch on port {port}: {e}", stage=deadline.stage) from None
+            except (OSError, paramiko.SSHException, EOFError) as e:
+                last = f"{type(e).__name__}: {e}"
+            if deadline.expired():
+                raise StageTimeout(f"{deadline.stage}: {name} did not answer SSH on port {port} after "
+                                   f"{deadline.elapsed():.0f} s (last error: {last})", stage=deadline.stage,
+                                   tail=tail())
+            time.sleep(0.3)
+
+    def _record(self, text: str) -> None:
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(text)
+
+    def run(self, argv: Sequence[Union[str, int]], timeout: float = 60, check: bool = True,
+            stage: str = "guest-command") -> Result:
+        """Run argv on the guest (quoted for its shell); raise GuestCommandError on failure."""
+        argv = [str(a) for a in argv]
+        cmd = shlex.join(argv)
+        self._record(f"[{self.name}]$ {cmd}\n")
+        try:
+            _, stdout, stderr = self.client.exec_command(cmd, timeout=timeout)
+            out = stdout.read().decode("utf-8", "replace")
+            err = stderr.read().decode("utf-8", "replace")
+            rc = stdout.channel.recv_exit_status()
+        except socket.timeout:
+            raise StageTimeout(f"{self.name}: `{cmd}` did not finish within {timeout:.0f} s", stage=stage) from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise InfraError(f"{self.name}: SSH failed while running `{cmd}`: {e}", stage=stage) from None
+        self._record(out + err + (f"[exit {rc}]\n" if rc else ""))
+        if check and rc != 0:
+            raise GuestCommandError(f"{self.name}: `{cmd}` exited {rc}", stage=stage,
+                                    tail=(out + err)[-3000:])
+        return Result(argv, rc, out, err)
+
+    def start(self, argv: Sequence[Union[str, int]]) -> paramiko.Channel:
+        """Start argv without waiting; read it later with ``finish``."""
+        cmd = shlex.join(str(a) for a in argv)
+        self._record(f"[{self.name}]$ {cmd} &\n")
+        chan = self.client.get_transport().open_session()
+        chan.exec_command(cmd)
+        return chan
+
+    def finish(self, chan: paramiko.Channel, argv: Sequence, timeout: float, stage: str = "guest-command") -> Result:
+        end = time.monotonic() + timeout
+        out, err = [], []
+        while True:
+            while chan.recv_ready():
+                out.append(chan.recv(65536))
+            while chan.recv_stderr_ready():
+                err.append(chan.recv_stderr(65536))
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if time.monotonic() > end:
+                chan.close()
+                raise StageTimeout(f"{self.name}: `{shlex.join(map(str, argv))}` did not finish within "
+                                   f"{timeout:.0f} s", stage=stage)
+            time.sleep(0.02)
+        rc = chan.recv_exit_status()
+        res = Result([str(a) for a in argv], rc, b"".join(out).decode("utf-8", "replace"),
+                     b"".join(err).decode("utf-8", "replace"))
+        self._record(res.out + res.err + (f"[exit {rc}]\n" if rc else ""))
+        return res
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self.client.open_sftp()
+        return self._sftp
+
+    def get(self, remote: str, local: Path) -> Path:
+        try:
+            self.sftp.get(remote, str(local))
+        except (OSError, paramiko.SSHException) as e:
+            raise InfraError(f"{self.name}: SFTP get {remote} failed: {e}", stage="sftp") from None
+        return local
+
+    def put(self, local: Path, remote: str) -> None:
+        try:
+            self.sftp.put(str(local), remote)
+        except (OSError, paramiko.SSHException) as e:
+            raise InfraError(f"{self.name}: SFTP put {remote} failed: {e}", stage="sftp") from None
+
+    def close(self) -> None:
+        try:
+            if self._sftp:
+                self._sftp.close()
+            self.client.close()
+        except Exception:  # noqa: BLE001 - teardown
+            pass

@@ -111,7 +111,7 @@ static unsigned long slen(const char *s)
 	return n;
 }
 
-static void demo(void)
+static void __attribute__((noinline)) demo(void)
 {
 	const char *p;
 	uint32_t before, after;

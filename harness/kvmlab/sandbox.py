@@ -1,0 +1,156 @@
+"""Running untrusted programs: a student's build and a student's hypervisor.
+
+Each child gets resource limits (CPU seconds, address space, file size, open files,
+no core), its own session/process group, PR_SET_PDEATHSIG=SIGKILL (so killing the
+harness takes it down), a minimal environment, and a scratch working directory.  On
+timeout the whole process group is killed.  Nothing here uses a shell.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import resource
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from .errors import KvmUnavailable, SandboxError
+
+KVM_GET_API_VERSION = 0xAE00
+KVM_API_VERSION = 12
+
+
+@dataclass
+class Limits:
+    cpu_seconds: int = 20
+    address_space: int = 2 << 30   # 2 GiB
+    file_size: int = 64 << 20      # 64 MiB per file written
+    open_files: int = 256
+
+
+@dataclass
+class RunResult:
+    argv: Sequence[str]
+    cwd: Path
+    returncode: Optional[int]      # None when killed on timeout
+    signal: Optional[int]          # the signal that ended it, if any
+    timed_out: bool
+    duration: float
+    stdout_path: Path
+    stderr_path: Path
+    extra: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def crashed(self) -> bool:
+        """Ended by a signal it did not get from us (SIGSEGV, SIGBUS, SIGABRT, ...)."""
+        return self.signal is not None and not self.timed_out
+
+    def describe(self) -> str:
+        if self.timed_out:
+            return f"killed after the {self.duration:.1f} s timeout"
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = str(self.signal)
+            return f"killed by signal {name}"
+        return f"exit status {self.returncode}"
+
+    def stdout(self, limit: int = 1 << 20) -> bytes:
+        return _read(self.stdout_path, limit)
+
+    def stderr(self, limit: int = 1 << 20) -> bytes:
+        return _read(self.stderr_path, limit)
+
+
+def _read(path: Path, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return b""
+
+
+def _preexec(limits: Limits):
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def fn():  # runs in the child between fork and exec
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (limits.address_space, limits.address_space))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.umask(0o022)
+
+    return fn
+
+
+def base_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C", "LC_ALL": "C", "HOME": "/nonexistent"}
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_untrusted(argv: Sequence[str], *, cwd: Path, stdout_path: Path, stderr_path: Path,
+                  timeout: float, env: Optional[Dict[str, str]] = None,
+                  limits: Optional[Limits] = None) -> RunResult:
+    """Run ``argv`` confined as described above; never raises for the child's own failure."""
+    limits = limits or Limits()
+    start = time.monotonic()
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        try:
+            proc = subprocess.Popen(
+                list(argv), cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env=env if env is not None else base_env(), start_new_session=True,
+                close_fds=True, preexec_fn=_preexec(limits))
+        except OSError as e:
+            raise SandboxError(f"cannot start {argv[0]}: {e}", reproduce=list(argv)) from e
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # the whole group: forked helpers die too (the group may already be gone)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+    rc = proc.returncode
+    sig = -rc if rc is not None and rc < 0 else None
+    return RunResult(argv=list(argv), cwd=Path(cwd), returncode=None if timed_out else rc,
+                     signal=sig, timed_out=timed_out, duration=time.monotonic() - start,
+                     stdout_path=Path(stdout_path), stderr_path=Path(stderr_path))
+
+
+def probe_kvm(path: str = "/dev/kvm") -> str:
+    """Return the API version string if /dev/kvm is usable, else raise KvmUnavailable."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        raise KvmUnavailable(f"cannot open {path}: {e.strerror}") from e
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION, 0)
+    except OSError as e:
+        raise KvmUnavailable(f"KVM_GET_API_VERSION on {path} failed: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    if version != KVM_API_VERSION:
+        raise KvmUnavailable(f"{path} reports KVM API version {version}, need {KVM_API_VERSION}")
+    return str(version)
+
+
+def kvm_usable() -> Optional[str]:
+    """None if /dev/kvm is usable, else the reason (for pytest skips)."""
+    try:
+        probe_kvm()
+    except KvmUnavailable as e:
+        return e.message
+    return None

@@ -68,7 +68,7 @@ class MachineSpec:
             machine, cpu, accel_opt = "virt,virtualization=on,gic-version=3", self.cpu_model, "tcg,thread=multi"
         fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[n]}-:{p}" for n, p in sorted(self.forwards.items()))
         append = " ".join(x for x in (
-            "console=ttyAMA0 root=/dev/vda ro rootwait init=/sbin/harness-init panic=-1 nokaslr",
+            "console=ttyAMA0 root=/dev/vda ro init=/sbin/harness-init panic=-1 nokaslr",
             self.append) if x)
         argv = [
             QEMU, "-machine", machine, "-cpu", cpu, "-accel", accel_opt,

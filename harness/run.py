@@ -322,6 +322,12 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
     return summary
 
 
+def config_override(cfg: Config, sets: List[str]) -> Config:
+    from .config import override
+
+    return override(cfg, sets)
+
+
 def assert_no_kernel_bugs(summary: dict) -> None:
     if summary.get("kernel_log_findings"):
         lines = "\n".join(f"{f['where']}: {f['line']}" for f in summary["kernel_log_findings"])

@@ -26,6 +26,7 @@ FLAG_BARE = 1
 FLAG_COUNT_LIMIT = 2
 FLAG_DURATION_LIMIT = 4
 FLAG_STOPPED_BY_TIME = 8
+FLAG_VCPU_RSEQ = 16
 
 MAX_PCPU = 4096
 ENOSYS = 38
@@ -100,6 +101,13 @@ class Trace:
         return bool(self.flags & FLAG_STOPPED_BY_TIME)
 
     @property
+    def vcpu_source(self) -> str:
+        """'rseq' (the kernel's rseq cpu_id), 'getcpu' (the syscall), or 'none' (bare)."""
+        if self.bare:
+            return "none"
+        return "rseq" if self.flags & FLAG_VCPU_RSEQ else "getcpu"
+
+    @property
     def elapsed_ns(self) -> int:
         return self.end_ns - self.start_ns
 
@@ -137,7 +145,7 @@ class Trace:
             "syscall_nr": self.syscall_nr, "pinned_vcpu": self.pinned_vcpu,
             "requested_count": self.requested_count, "requested_duration_ns": self.requested_duration_ns,
             "calls": self.calls, "records": len(self), "start_ns": self.start_ns, "end_ns": self.end_ns,
-            "bare": self.bare, "stopped_by_time": self.stopped_by_time,
+            "bare": self.bare, "stopped_by_time": self.stopped_by_time, "vcpu_source": self.vcpu_source,
         }
 
     def to_csv(self, path: Union[str, Path]) -> Path:

@@ -52,9 +52,11 @@ def workload_argv(
     bare: bool = False,
     out: Optional[str] = "/tmp/trace.bin",
     binary: str = GUEST_PATH,
+    getcpu_syscall: bool = False,
 ) -> List[str]:
     """argv to run the workload in the guest.  ``syscall_nr`` is required in hostcpuid mode
-    (the kernel profile's number: 436 on v5.4, 451 on 6.1)."""
+    (the kernel profile's number: 436 on v5.4, 451 on 6.1).  ``getcpu_syscall`` reads the
+    vCPU with the getcpu syscall after each call instead of from glibc's rseq area."""
     stage = "workload-args"
 
     def bad(msg: str) -> WorkloadError:
@@ -88,6 +90,8 @@ def workload_argv(
         raise bad(f"getppid mode calls syscall {NR_GETPPID}; syscall_nr={syscall_nr} contradicts it")
     if bare:
         argv.append("--bare")
+    if getcpu_syscall:
+        argv.append("--getcpu")
     if out is not None:
         if not isinstance(out, str) or not out:
             raise bad(f"out must be a non-empty path, not {out!r}")

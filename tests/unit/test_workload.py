@@ -14,6 +14,7 @@ def test_argv_full():
 def test_argv_getppid_and_bare():
     assert wl.workload_argv(count=10, mode="getppid", bare=True, out=None) == [
         "/usr/bin/hostcpuid-trace", "-m", "getppid", "-n", "10", "--bare"]
+    assert wl.workload_argv(count=10, mode="getppid", getcpu_syscall=True)[-3:] == ["--getcpu", "-o", "/tmp/trace.bin"]
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -44,6 +44,7 @@ def test_unknown_syscall_returns_raw_enosys(binary, tmp_path):
     assert p.returncode == 0, p.stderr
     t = tr.read_trace(out)
     assert t.pinned_vcpu == 0 and set(t.ret) == {-38} and set(t.vcpu) == {0}
+    assert t.vcpu_source == "getcpu"  # qemu-user does not implement rseq: the syscall fallback
     assert t.outcome_counts() == {"no such syscall": 20}
 
 

@@ -1,0 +1,81 @@
+"""Grading end to end on this machine's KVM: the reference and every fixture get
+the verdicts they deserve, judged against the exit oracle."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import variants
+from harness.kvmlab.grade import PASS, WEIGHTS
+from harness.kvmlab.report import write_one, write_summary
+
+pytestmark = pytest.mark.kvm
+
+
+def statuses(result):
+    return {c.id: c.status for c in result.checks}
+
+
+@pytest.mark.parametrize("name", ["reference", "student_ok"])
+def test_correct_submissions_pass_every_check(graded, name):
+    r = graded[name]
+    bad = {c.id: (c.status, c.message) for c in r.checks if c.status != PASS}
+    assert bad == {}, bad
+    assert set(statuses(r)) == set(WEIGHTS)
+    assert r.verdict == "PASS" and r.score == 100.0
+
+
+@pytest.mark.parametrize("name", sorted(variants.VARIANTS))
+def test_broken_fixture_fails_exactly_its_checks(graded, name):
+    r = graded[name]
+    expect = variants.VARIANTS[name]["expect"]
+    failed = {cid for cid, s in statuses(r).items() if s == "FAIL"}
+    others = {cid: s for cid, s in statuses(r).items() if cid not in expect and s != PASS}
+    assert failed == expect, r.to_dict()
+    assert others == {}
+    assert r.verdict == "FAIL" and 0 < r.score < 100
+
+
+def test_display_per_char_evidence_counts_exits(graded):
+    c = graded["display_per_char"].check("display_one_exit")
+    n = len(f"kvmlab-display-{graded['display_per_char'].nonce} one exit\n")
+    assert f"exits spent in display(): {n}" in c.evidence
+
+
+def test_numexits_printed_evidence(graded):
+    c = graded["numexits_printed"].check("getnumexits")
+    assert "no IN exit" in c.message and c.records
+
+
+def test_crash_is_reported_as_signal(graded):
+    c = graded["crash_bad_address"].check("robust_bad_address")
+    assert "SIGSEGV" in c.message
+
+
+def test_raw_syscall_makes_oracle_unavailable(graded):
+    r = graded["raw_syscall_kvm_run"]
+    assert r.verdict == "ORACLE_UNAVAILABLE"
+    assert "KVM_RUN" in r.check("oracle").message
+    assert all(s == "SKIP" for cid, s in statuses(r).items() if cid not in ("build", "oracle"))
+
+
+def test_build_error(graded):
+    r = graded["build_error"]
+    assert r.verdict == "FAIL" and r.check("build").status == "FAIL"
+    assert "error" in r.check("build").output
+
+
+def test_reports(graded, tmp_path):
+    r = graded["single_file"]
+    write_one(r, tmp_path / "one")
+    data = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert data["verdict"] == "FAIL"
+    assert {c["id"]: c["status"] for c in data["checks"]}["fs_several_files"] == "FAIL"
+    suite = ET.parse(tmp_path / "one" / "junit.xml").getroot()
+    assert suite.get("failures") == "2"
+    assert "kvmlab_b.txt on disk" in (tmp_path / "one" / "evidence.txt").read_text()
+    write_summary(list(graded.values()), tmp_path / "all")
+    rows = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert {row["submission"]: row["verdict"] for row in rows}["reference"] == "PASS"

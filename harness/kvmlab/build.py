@@ -106,7 +106,7 @@ def prepare(directory: Path, files: Dict[str, Path], generated: Optional[Dict[st
 
 
 def make(directory: Path, variables: Optional[Dict[str, str]] = None, *,
-         timeout: float = BUILD_TIMEOUT, trusted: bool = False) -> Built:
+         timeout: float = BUILD_TIMEOUT) -> Built:
     """Run the harness Makefile in ``directory``.  A failure is returned, not raised."""
     argv = ["make", "--no-print-directory", "-j2"]
     argv += [f"{k}={v}" for k, v in (variables or {}).items()]
@@ -134,9 +134,9 @@ def make(directory: Path, variables: Optional[Dict[str, str]] = None, *,
                  guest_image_size=img.stat().st_size if img.exists() else None, notes=notes)
 
 
-def build_pair(directory: Path, hypervisor_c: Path, guest_c: Path, *, trusted: bool = False) -> Built:
+def build_pair(directory: Path, hypervisor_c: Path, guest_c: Path) -> Built:
     prepare(directory, {"kvm-hello-world.c": hypervisor_c, "guest.c": guest_c})
-    return make(directory, trusted=trusted)
+    return make(directory)
 
 
 def build_testguest(directory: Path, hypervisor_c: Path, guest_c: Path, cfg_header: str) -> Built:
@@ -163,7 +163,7 @@ def build_reference(directory: Optional[Path] = None) -> Built:
         if (directory / "kvm-hello-world").exists():
             return Built(directory, directory / "kvm-hello-world", directory / "build.log", [], None, [])
         tmp = Path(tempfile.mkdtemp(prefix=".reference-", dir=_ensure(cache_dir())))
-        built = build_pair(tmp, ref / "kvm-hello-world.c", ref / "guest.c", trusted=True)
+        built = build_pair(tmp, ref / "kvm-hello-world.c", ref / "guest.c")
         if not built.ok:
             raise LabBuildError("building the reference failed", stage="kvmlab-reference-build",
                                 kind=INFRA, log=built.log, reproduce=built.argv)
@@ -173,7 +173,7 @@ def build_reference(directory: Optional[Path] = None) -> Built:
             shutil.rmtree(tmp, ignore_errors=True)
         return Built(directory, directory / "kvm-hello-world", directory / "build.log", built.argv,
                      built.guest_image_size, built.notes)
-    built = build_pair(directory, ref / "kvm-hello-world.c", ref / "guest.c", trusted=True)
+    built = build_pair(directory, ref / "kvm-hello-world.c", ref / "guest.c")
     if not built.ok:
         raise LabBuildError("building the reference failed", stage="kvmlab-reference-build",
                             kind=INFRA, log=built.log, reproduce=built.argv)

@@ -117,9 +117,10 @@ class Run:
     trace: Trace
     stdout: bytes
     stderr: bytes
+    notes: List[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"argv": list(self.result.argv), "cwd": str(self.root),
+        return {"argv": list(self.result.argv), "cwd": str(self.root), "notes": self.notes,
                 "status": self.result.describe(), "duration_s": round(self.result.duration, 3),
                 "exits": len(self.trace.exits), "oracle": self.trace.unavailable or "ok"}
 
@@ -319,7 +320,7 @@ class Grader:
                                       + _tail(built.log.read_bytes(), 400))
             return None
         run = self._run(name, built.binary, shim)
-        run.notes = built.notes  # type: ignore[attr-defined]
+        run.notes = list(built.notes)
         return run
 
     # -- checks on the own run ------------------------------------------------------

@@ -79,3 +79,26 @@ def test_reports(graded, tmp_path):
     write_summary(list(graded.values()), tmp_path / "all")
     rows = json.loads((tmp_path / "all" / "summary.json").read_text())
     assert {row["submission"]: row["verdict"] for row in rows}["reference"] == "PASS"
+
+
+def test_cli_grades_a_tarball(tmp_path, kvmlab_cache):
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    from harness.kvmlab import LAB_DIR
+
+    arc = tmp_path / "190050042.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        for f in ("guest.c", "kvm-hello-world.c"):
+            tf.add(Path(variants.BASE) / f, arcname=f"190050042/{f}")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "harness.kvmlab", "grade", str(arc), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=str(LAB_DIR.parents[1]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "190050042: PASS score=100.0" in proc.stdout
+    data = json.loads((out / "190050042" / "results.json").read_text())
+    assert data["verdict"] == "PASS"
+    assert (out / "summary.csv").read_text().startswith("submission,verdict,score")
+    assert (out / "190050042" / "logs" / "own" / "oracle.jsonl").exists()

@@ -114,7 +114,8 @@ class Builder:
             source=source.identity, profile=profile.fingerprint(), fragments=self.fragments,
             cc=self.cc_version, format=KBUILD_FORMAT, ccache=self.use_ccache,
         )
-        self.work = cache.cache_root() / "work" / self.config_key
+        self.work_base = cache.cache_root() / "work"
+        self.work = self.work_base / self.config_key  # set per role in build()
 
     # -- make --------------------------------------------------------------------------------
     def make_argv(self, *targets: str, jobs: Optional[int] = None) -> List[str]:
@@ -230,6 +231,9 @@ class Builder:
     def build(self, role: str, patch: Optional[Patch], log_dir: Path) -> KernelBuild:
         key = self.artefact_key(patch)
         entry = cache.Entry("kernels", key)
+        # one worktree per role: host builds only ever switch between host patches (and
+        # guest builds between guest patches), so a patch change recompiles only what it touches
+        self.work = self.work_base / f"{self.config_key}-{role}"
         label = f"{role} kernel ({patch.name if patch else 'unpatched'})"
         log_dir.mkdir(parents=True, exist_ok=True)
         run_log = log_dir / f"kbuild-{role}.log"

@@ -43,6 +43,7 @@ class GuestSpec:
             "-kernel", self.kernel, "-initrd", self.initrd, "-append", append,
             "-netdev", f"user,id=n0,hostfwd=tcp::{L2_SSH_PORT}-:22",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-device", "virtio-rng-pci",  # entropy at once: sshd does not wait for crng init
         ]
 
 

@@ -235,9 +235,9 @@ def run_scenario(stack: Stack, sc: Scenario, out_dir: Path, progress: Progress =
 def _compare(stack: Stack, v: int, sc: Scenario, nr: int) -> dict:
     """Same run, same vCPU: recorded hostcpuid vs bare hostcpuid vs getppid."""
     out = {}
-    for label, kw in (("hostcpuid_recorded", {}), ("hostcpuid_bare", {"bare": True}),
-                      ("getppid_recorded", {"mode": "getppid"})):
-        argv = workload.workload_argv(count=sc.calls, vcpu=v, syscall_nr=nr, out=f"/tmp/cmp-{label}.bin", **kw)
+    for label, kw in (("hostcpuid_recorded", {"syscall_nr": nr}), ("hostcpuid_bare", {"syscall_nr": nr, "bare": True}),
+                      ("getppid_recorded", {"mode": "getppid"}), ("getppid_bare", {"mode": "getppid", "bare": True})):
+        argv = workload.workload_argv(count=sc.calls, vcpu=v, out=f"/tmp/cmp-{label}.bin", **kw)
         res = stack.l2_ssh.run(argv, timeout=sc.calls * 0.005 + 60, stage="compare")
         out[label + "_calls_per_s"] = round(workload.parse_summary_line(res.out)["calls_per_s"], 1)
     rec, bare = out["hostcpuid_recorded_calls_per_s"], out["hostcpuid_bare_calls_per_s"]

@@ -130,8 +130,10 @@ def run_untrusted(argv: Sequence[str], *, cwd: Path, stdout_path: Path, stderr_p
                      stdout_path=Path(stdout_path), stderr_path=Path(stderr_path))
 
 
-def probe_kvm(path: str = "/dev/kvm") -> str:
-    """Return the API version string if /dev/kvm is usable, else raise KvmUnavailable."""
+def probe_kvm(path: Optional[str] = None) -> str:
+    """Return the API version string if /dev/kvm is usable, else raise KvmUnavailable.
+    ``KVMLAB_KVM_DEVICE`` overrides the path (to test the skip path on a KVM host)."""
+    path = path or os.environ.get("KVMLAB_KVM_DEVICE") or "/dev/kvm"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:

@@ -48,3 +48,15 @@ def test_crash_is_a_signal_not_a_timeout(tmp_path):
                         stderr_path=tmp_path / "e", timeout=10)
     assert res.crashed and res.signal == signal.SIGSEGV and not res.timed_out
     assert res.describe() == "killed by signal SIGSEGV"
+
+
+def test_kvm_probe_names_what_is_wrong(tmp_path):
+    import pytest
+
+    from harness.kvmlab.errors import KvmUnavailable
+    from harness.kvmlab.sandbox import probe_kvm
+
+    with pytest.raises(KvmUnavailable, match="cannot open"):
+        probe_kvm(str(tmp_path / "nope"))
+    with pytest.raises(KvmUnavailable, match="KVM_GET_API_VERSION"):
+        probe_kvm("/dev/null")

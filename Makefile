@@ -10,7 +10,7 @@ APT_PACKAGES := qemu-system-arm qemu-user-static gcc-aarch64-linux-gnu libc6-dev
 	mmdebstrap e2fsprogs debian-archive-keyring dropbear-bin openssh-client ca-certificates gcc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-system setup-python run test unit e2e bench clean lab-test
+.PHONY: setup setup-system setup-python run test unit e2e bench clean lab-test lab-grade
 
 setup: setup-system setup-python
 
@@ -42,3 +42,10 @@ bench: setup
 
 clean:
 	$(PYTHON) -m harness clean
+
+# The KVM-API lab (seed 003): x86 /dev/kvm, see docs/kvm-api-lab.md
+lab-test:
+	$(PYTHON) -m pytest -q tests/kvmlab
+
+lab-grade:
+	$(PYTHON) -m harness.kvmlab grade $(SUBS) --out $(or $(OUT),lab-results) -j 2

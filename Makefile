@@ -38,7 +38,7 @@ e2e:
 test: setup unit e2e
 
 bench: setup
-	$(PYTHON) tests/bench.py
+	$(PYTHON) -m harness.bench
 
 clean:
 	$(PYTHON) -m harness clean

@@ -1,0 +1,122 @@
+"""Performance figures of the harness (``make bench``), printed and saved as JSON.
+
+    python -m harness.bench [--cold] [--repeat N] [--calls N]
+
+Measures, on this machine: the warm default run (everything cached), a kernel rebuild
+after a one-line change of kvm.patch, L1 boot-to-SSH and L2 launch-to-SSH, host_cpuid
+and getppid calls/s in L2 in the same run, and the workload's recording overhead
+(recorded vs bare loop, interleaved, medians).  ``--cold`` first does the whole default
+run with an empty cache (a temporary KVM_HARNESS_CACHE): the cold time."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from . import config, kbuild, profiles, run, sources, workload
+from .patches import Patch
+
+
+def _quiet(msg: str) -> None:
+    print(f"  | {msg}", flush=True)
+
+
+def timed_default_run(cfg: config.Config, name: str) -> dict:
+    t0 = time.monotonic()
+    summary = run.main_job(cfg, run.new_run_dir(cfg, name), progress=_quiet)
+    return {"seconds": round(time.monotonic() - t0, 1), "verdict": summary["verdict"],
+            "timings": summary.get("timings"), "builds": summary.get("builds")}
+
+
+def rebuild_after_patch_change(cfg: config.Config, log_dir: Path) -> dict:
+    src = sources.resolve(cfg, log_dir, _quiet)
+    prof = profiles.select(src.version, cfg.kernel.profile)
+    text = prof.reference_kvm_patch.read_text()
+    marker = "+ * host_cpuid: a vendor-specific"
+    if marker not in text:
+        return {"skipped": f"{prof.reference_kvm_patch} has no line {marker!r} to change"}
+    changed = text.replace(marker, f"+ * host_cpuid ({time.time_ns()}): a vendor-specific", 1)
+    b = kbuild.Builder(src, prof, jobs=cfg.kernel.jobs, use_ccache=cfg.kernel.ccache, progress=_quiet)
+    # make sure the worktree holds the reference patch first (cached artefacts build nothing)
+    b.build("host", Patch.from_file(prof.reference_kvm_patch, "reference"), log_dir)
+    t0 = time.monotonic()
+    kb = b.build("host", Patch.parse(changed.encode(), "kvm.patch with one changed line"), log_dir)
+    return {"seconds": round(time.monotonic() - t0, 1), "compiled_files": kb.meta.get("compiled_files")}
+
+
+def call_rates(cfg: config.Config, repeat: int, calls: int) -> dict:
+    art = run.prepare(cfg, Path(tempfile.mkdtemp(prefix="bench-")), _quiet)
+    run_dir = run.new_run_dir(cfg, "bench-rates")
+    rates = {"hostcpuid_recorded": [], "hostcpuid_bare": [], "getppid_recorded": [], "getppid_bare": []}
+    with run.Stack(cfg, art, run_dir, _quiet) as stack:
+        boots = dict(stack.timings)
+        stack.l2.pin({0: 3 % cfg.l1.cpus})
+        nr = art.profile.syscall_nr
+        for _ in range(repeat):  # interleaved, so drift on a shared machine hits all alike
+            for label in rates:
+                mode = label.split("_")[0]
+                argv = workload.workload_argv(count=calls, vcpu=0, syscall_nr=nr if mode == "hostcpuid" else None,
+                                              mode=mode, bare=label.endswith("bare"), out="/tmp/bench.bin")
+                res = stack.l2_ssh.run(argv, timeout=calls * 0.01 + 60)
+                rates[label].append(workload.parse_summary_line(res.out)["calls_per_s"])
+    med = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    over = {m: round(100 * (med[f"{m}_bare"] - med[f"{m}_recorded"]) / med[f"{m}_bare"], 2)
+            for m in ("hostcpuid", "getppid")}
+    return {"boot": boots, "median_calls_per_s": med, "recording_overhead_pct": over, "samples": rates}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", help="config (default: configs/default.yaml)")
+    p.add_argument("--cold", action="store_true", help="also time a run with an empty cache (~12 min)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--calls", type=int, default=5000)
+    p.add_argument("--out", default="runs/bench.json")
+    args = p.parse_args()
+    cfg = config.load(args.config)
+    fig: dict = {"machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())}}
+    if args.cold:
+        with tempfile.TemporaryDirectory(prefix="cold-cache-") as d:
+            old = os.environ.get("KVM_HARNESS_CACHE")
+            os.environ["KVM_HARNESS_CACHE"] = d
+            try:
+                print("cold default run (empty cache) ...", flush=True)
+                fig["cold_run"] = timed_default_run(cfg, "bench-cold")
+            finally:
+                if old is None:
+                    os.environ.pop("KVM_HARNESS_CACHE")
+                else:
+                    os.environ["KVM_HARNESS_CACHE"] = old
+    print("warm default run ...", flush=True)
+    timed_default_run(cfg, "bench-warmup")  # make sure everything is cached
+    fig["warm_run"] = timed_default_run(cfg, "bench-warm")
+    print("kernel rebuild after a one-line kvm.patch change ...", flush=True)
+    fig["rebuild_one_line"] = rebuild_after_patch_change(cfg, Path(tempfile.mkdtemp(prefix="bench-kb-")))
+    print("call rates in L2 ...", flush=True)
+    fig["rates"] = call_rates(cfg, args.repeat, args.calls)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(fig, indent=1))
+    r = fig["rates"]
+    print("\n=== figures ===")
+    if "cold_run" in fig:
+        print(f"cold default run (empty cache):   {fig['cold_run']['seconds']} s")
+    print(f"warm default run:                 {fig['warm_run']['seconds']} s (verdict {fig['warm_run']['verdict']})")
+    rb = fig["rebuild_one_line"]
+    print(f"rebuild after one-line patch:     {rb.get('seconds')} s ({rb.get('compiled_files')} files)")
+    print(f"L1 boot to SSH:                   {r['boot'].get('l1_ssh_s')} s")
+    print(f"L2 launch to SSH:                 {r['boot'].get('l2_ssh_s')} s")
+    m = r["median_calls_per_s"]
+    print(f"host_cpuid calls/s (recorded):    {m['hostcpuid_recorded']}  (bare {m['hostcpuid_bare']})")
+    print(f"getppid calls/s (recorded):       {m['getppid_recorded']}  (bare {m['getppid_bare']})")
+    print(f"recording overhead:               host_cpuid {r['recording_overhead_pct']['hostcpuid']} %, "
+          f"getppid {r['recording_overhead_pct']['getppid']} %")
+    print(f"saved: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

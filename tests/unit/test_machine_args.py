@@ -1,0 +1,270 @@
+"""QEMU command lines (machine.py, nested.py), trace analysis, the overall verdict, and the CLI."""
+import signal
+from pathlib import Path
+
+import pytest
+
+from harness import analysis, cli, nested, run
+from harness.machine import MachineSpec
+from harness.nested import GuestSpec
+from harness.trace import make_trace_bytes, parse_trace
+
+
+def opt(argv, flag):
+    """Values following every occurrence of ``flag``."""
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+# -- L1: MachineSpec.argv ------------------------------------------------------------------
+
+def spec(**kw):
+    base = dict(name="l1", kernel=Path("/k/Image"), rootfs=Path("/r/rootfs.ext4"), cpus=4, memory_mb=2048,
+                accel="tcg", forwards={"ssh": 22, "l2-ssh": 2222, "l2-qmp": 4444})
+    base.update(kw)
+    return MachineSpec(**base)
+
+
+PORTS = {"ssh": 40022, "l2-ssh": 40222, "l2-qmp": 40444}
+
+
+def test_l1_argv_under_tcg():
+    argv = spec().argv(PORTS, Path("/run/q.sock"))
+    assert argv[0] == "qemu-system-aarch64"
+    machine = opt(argv, "-machine")[0]
+    assert "virtualization=on" in machine and "gic-version=3" in machine and machine.startswith("virt")
+    assert opt(argv, "-cpu") == ["cortex-a57"]
+    assert opt(argv, "-accel")[0].startswith("tcg")
+    assert opt(argv, "-smp") == ["4"] and opt(argv, "-m") == ["2048"]
+    assert "-no-reboot" in argv and "-nodefaults" in argv
+    assert opt(argv, "-kernel") == ["/k/Image"]
+    append = opt(argv, "-append")[0]
+    assert "panic=-1" in append.split() and "console=ttyAMA0" in append
+    assert opt(argv, "-qmp") == ["unix:/run/q.sock,server=on,wait=off"]
+    drives = opt(argv, "-drive")
+    assert len(drives) == 1
+    root = drives[0]
+    assert root.startswith("file=/r/rootfs.ext4,") and "snapshot=on" in root.split(",")
+    assert "readonly=on" in root.split(",")
+    netdev = opt(argv, "-netdev")[0]
+    for name, guest_port in {"ssh": 22, "l2-ssh": 2222, "l2-qmp": 4444}.items():
+        assert f"hostfwd=tcp:127.0.0.1:{PORTS[name]}-:{guest_port}" in netdev
+    assert "0.0.0.0" not in netdev  # forwards are local only
+
+
+def test_l1_argv_payload_drive():
+    argv = spec(payload=Path("/p/payload.ext4")).argv(PORTS, Path("/q"))
+    drives = opt(argv, "-drive")
+    assert len(drives) == 2
+    payload = [d for d in drives if d.startswith("file=/p/payload.ext4,")]
+    assert payload and "readonly=on" in payload[0] and "snapshot=on" not in payload[0]
+    devices = opt(argv, "-device")
+    assert "virtio-blk-pci,drive=payload" in devices and "virtio-blk-pci,drive=root" in devices
+
+
+def test_l1_argv_extra_append_and_cpu_model():
+    argv = spec(append="loglevel=8", cpu_model="cortex-a72", cpus=2, memory_mb=1024).argv(PORTS, Path("/q"))
+    append = opt(argv, "-append")[0]
+    assert append.endswith(" loglevel=8") and "panic=-1" in append
+    assert opt(argv, "-cpu") == ["cortex-a72"] and opt(argv, "-smp") == ["2"] and opt(argv, "-m") == ["1024"]
+
+
+def test_l1_argv_under_kvm():
+    argv = spec(accel="kvm").argv(PORTS, Path("/q"))
+    assert opt(argv, "-accel") == ["kvm"] and opt(argv, "-cpu") == ["host"]
+    assert "virtualization=on" in opt(argv, "-machine")[0]
+
+
+def test_auto_accel(monkeypatch):
+    from harness import machine
+
+    monkeypatch.setattr(machine, "kvm_usable", lambda: False)
+    assert spec(accel="auto").accelerator() == "tcg"
+    monkeypatch.setattr(machine, "kvm_usable", lambda: True)
+    assert spec(accel="auto").accelerator() == "kvm"
+    assert spec(accel="tcg").accelerator() == "tcg"
+
+
+def test_missing_forward_port_is_a_key_error():
+    with pytest.raises(KeyError):
+        spec().argv({"ssh": 1}, Path("/q"))
+
+
+# -- L2: GuestSpec.argv --------------------------------------------------------------------
+
+def test_l2_argv_uses_kvm_only():
+    argv = GuestSpec(cpus=3, memory_mb=512, append="x=1").argv()
+    assert argv[0] == "qemu-system-aarch64"
+    assert opt(argv, "-accel") == ["kvm"]
+    assert not any("tcg" in a for a in argv)
+    assert opt(argv, "-cpu") == ["host"]
+    assert opt(argv, "-smp") == ["3"] and opt(argv, "-m") == ["512"]
+    assert "-daemonize" in argv and "-no-reboot" in argv
+    assert opt(argv, "-append")[0].split()[-1] == "x=1" and "panic=-1" in opt(argv, "-append")[0]
+    assert f"tcp:0.0.0.0:{nested.L2_QMP_PORT},server=on,wait=off" in opt(argv, "-qmp")
+    assert f"hostfwd=tcp::{nested.L2_SSH_PORT}-:22" in opt(argv, "-netdev")[0]
+    assert opt(argv, "-pidfile") == [f"{nested.RUN}/qemu.pid"]
+    assert opt(argv, "-kernel") == ["/payload/Image"] and opt(argv, "-initrd") == ["/payload/initramfs.cpio.gz"]
+
+
+def test_l1_forwards_cover_l2_ports():
+    assert nested.L1_FORWARDS["l2-ssh"] == nested.L2_SSH_PORT
+    assert nested.L1_FORWARDS["l2-qmp"] == nested.L2_QMP_PORT
+
+
+# -- analysis ------------------------------------------------------------------------------
+
+def trace_of(rets, lat=None, vcpu=1, start_ns=0, end_ns=0, **kw):
+    lat = lat or [1000] * len(rets)
+    recs = [(i, 100 * i, vcpu, r, l) for i, (r, l) in enumerate(zip(rets, lat))]
+    return parse_trace(make_trace_bytes(recs, start_ns=start_ns, end_ns=end_ns, **kw))
+
+
+def test_summary_counts_pcpu_changes():
+    s = analysis.summarize_trace(trace_of([0, 0, 1, 1, 0, 3, 3], pinned_vcpu=1, start_ns=0, end_ns=7_000_000))
+    assert s["samples"] == 7 and s["requested"] == 7
+    assert s["pcpus"] == {0: 3, 1: 2, 3: 2}
+    assert s["distinct_pcpus"] == 3
+    assert s["pcpu_changes"] == 3  # 0->1, 1->0, 0->3
+    assert s["first_pcpu"] == 0
+    assert s["verdict"] == "ok" and s["outcomes"] == {"pcpu": 7}
+    assert s["observed_vcpus"] == [1] and s["pinned_vcpu"] == 1
+    assert s["calls_per_s"] == pytest.approx(1000.0)
+
+
+def test_summary_no_changes_when_constant():
+    s = analysis.summarize_trace(trace_of([2] * 10))
+    assert s["pcpu_changes"] == 0 and s["distinct_pcpus"] == 1 and s["pcpus"] == {2: 10}
+
+
+@pytest.mark.parametrize("rets,verdict", [
+    ([1, 2, 3], "ok"),
+    ([-1, -1], "not-supported"),
+    ([0xFFFFFFFF, -1], "not-supported"),
+    ([-38, -38, -38], "no-syscall"),
+    ([1, -1], "mixed"),
+    ([1, -38], "mixed"),
+    ([-22], "mixed"),
+    ([], "no-samples"),
+])
+def test_verdicts(rets, verdict):
+    s = analysis.summarize_trace(trace_of(rets))
+    assert s["verdict"] == verdict
+
+
+def test_failures_are_not_counted_as_pcpus():
+    s = analysis.summarize_trace(trace_of([0, -1, 1, -38, 1]))
+    assert s["pcpus"] == {0: 1, 1: 2} and s["pcpu_changes"] == 1
+    assert s["outcomes"] == {"pcpu": 3, "not_supported": 1, "enosys": 1}
+
+
+def test_latency_percentiles():
+    lat = [1000 * i for i in range(1, 101)]  # 1..100 us
+    s = analysis.summarize_trace(trace_of([0] * 100, lat=list(reversed(lat))))
+    assert s["latency_us"]["p50"] == pytest.approx(50.5)
+    assert s["latency_us"]["p90"] == pytest.approx(90.1)
+    assert s["latency_us"]["p99"] == pytest.approx(99.0, abs=0.05)
+    assert s["latency_us"]["max"] == 100.0
+    empty = analysis.summarize_trace(trace_of([]))
+    assert empty["latency_us"] == {"p50": None, "p90": None, "p99": None, "max": None}
+    assert empty["first_pcpu"] is None
+
+
+def test_percentile_function():
+    assert analysis.percentile([], 0.5) is None
+    assert analysis.percentile([7], 0.99) == 7
+    assert analysis.percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert analysis.percentile([1, 2, 3, 4], 0.0) == 1 and analysis.percentile([1, 2, 3, 4], 1.0) == 4
+
+
+def test_describe_and_human_summary():
+    assert "NOT_SUPPORTED" in analysis.describe("not-supported", 451)
+    assert "syscall 451" in analysis.describe("no-syscall", 451)
+    s = analysis.summarize_trace(trace_of([3, 3]))
+    text = analysis.human_summary({"scenarios": [{"name": "pinned", "pin": {0: 3}, "per_vcpu": {"0": s}}]})
+    assert "scenario pinned: pins vCPU0->pCPU3" in text and "pCPUs [3x2]" in text and "-> ok" in text
+
+
+# -- run.overall_verdict -------------------------------------------------------------------
+
+def sc(*verdicts, pin_respected=None):
+    per = {}
+    for i, v in enumerate(verdicts):
+        per[str(i)] = {"verdict": v}
+        if pin_respected is not None:
+            per[str(i)]["pin_respected"] = pin_respected
+    return {"per_vcpu": per}
+
+
+@pytest.mark.parametrize("scenarios,findings,expected", [
+    ([sc("ok", "ok"), sc("ok")], [], "ok"),
+    ([sc("ok", pin_respected=True)], [], "ok"),
+    ([sc("ok", "ok")], [{"signature": "bug"}], "kernel-bug"),
+    ([sc("ok")], [{"signature": "warning"}], "kernel-bug"),
+    ([sc("not-supported")], [{"signature": "panic"}], "kernel-bug"),
+    ([sc("ok", pin_respected=False), sc("ok")], [], "wrong-pcpu"),
+    ([sc("not-supported", "not-supported")], [], "not-supported"),
+    ([sc("ok"), sc("no-syscall")], [], "no-syscall"),
+    ([sc("ok", "mixed")], [], "mixed"),
+    ([sc("not-supported"), sc("mixed")], [], "mixed"),
+])
+def test_overall_verdict(scenarios, findings, expected):
+    assert run.overall_verdict(scenarios, findings) == expected
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+def test_parser_run_with_tree_and_patch():
+    args = cli.build_parser().parse_args(["run", "--kernel-tree", "X", "--kvm-patch", "Y"])
+    assert args.cmd == "run" and args.func is cli.cmd_run
+    assert args.kernel_tree == "X" and args.kvm_patch == "Y"
+    assert args.vm_patch is None and args.config is None and args.set is None
+
+
+def test_parser_requires_a_command():
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([])
+
+
+def test_parser_repeatable_set():
+    args = cli.build_parser().parse_args(["build", "--set", "l1.cpus=2", "--set", "l2.cpus=1"])
+    assert args.set == ["l1.cpus=2", "l2.cpus=1"] and args.log_dir == "build-logs"
+
+
+def test_config_from_cli_arguments(tmp_path, monkeypatch):
+    monkeypatch.delenv(cli.ENV_TREE, raising=False)
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    patch = tmp_path / "kvm.patch"
+    args = cli.build_parser().parse_args(["run", "--kernel-tree", str(tree), "--kvm-patch", str(patch),
+                                          "--set", "l1.cpus=8", "-o", str(tmp_path / "out")])
+    cfg = cli._config(args)
+    assert cfg.kernel.source == "path" and Path(cfg.kernel.path) == tree.resolve()
+    assert Path(cfg.patches.host) == patch.resolve() and cfg.patches.guest == "reference"
+    assert cfg.l1.cpus == 8 and cfg.output == str(tmp_path / "out")
+
+
+@pytest.fixture
+def keep_sigterm():
+    old = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, old)  # cli.main installs its own handler
+
+
+def test_main_missing_config_returns_2_and_prints_stage(capsys, keep_sigterm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["run", "--config", "missing.yaml"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "FAILED at stage 'config'" in err and "missing.yaml" in err
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_main_bad_override_returns_2(capsys, keep_sigterm):
+    rc = cli.main(["build", "--set", "l1.cpu=4"])
+    assert rc == 2 and "unknown key l1.cpu" in capsys.readouterr().err
+
+
+def test_cache_dir_command(capsys, keep_sigterm, tmp_path, monkeypatch):
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "c"))
+    assert cli.main(["cache-dir"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "c")

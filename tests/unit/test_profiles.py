@@ -1,0 +1,192 @@
+"""harness/profiles.py: tree versions, profile selection, the repo's profiles and patches."""
+from pathlib import Path
+
+import pytest
+
+from harness import profiles
+from harness.errors import ConfigError, SourceError
+from harness.patches import Patch
+
+KERNEL_MAKEFILE_HEAD = """\
+# SPDX-License-Identifier: GPL-2.0
+VERSION = {v}
+PATCHLEVEL = {p}
+SUBLEVEL = {s}
+EXTRAVERSION =
+NAME = Hurr durr I'ma ninja sloth
+"""
+
+
+def fake_tree(tmp_path, v=6, p=1, s=76, text=None):
+    tree = tmp_path / "linux"
+    tree.mkdir(exist_ok=True)
+    (tree / "Makefile").write_text(text if text is not None else KERNEL_MAKEFILE_HEAD.format(v=v, p=p, s=s))
+    return tree
+
+
+# -- tree_version --------------------------------------------------------------------------
+
+def test_tree_version_from_makefile(tmp_path):
+    assert profiles.tree_version(fake_tree(tmp_path, 6, 1, 76)) == (6, 1, 76)
+
+
+def test_tree_version_accepts_str_path_and_no_spaces(tmp_path):
+    tree = fake_tree(tmp_path, text="VERSION=5\nPATCHLEVEL=15\nSUBLEVEL=0\n")
+    assert profiles.tree_version(str(tree)) == (5, 15, 0)
+
+
+def test_tree_version_ignores_similar_names(tmp_path):
+    text = "KERNELVERSION = 9\nVERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 2\nPATCHLEVEL_X = 7\n"
+    assert profiles.tree_version(fake_tree(tmp_path, text=text)) == (6, 1, 2)
+
+
+def test_tree_without_makefile(tmp_path):
+    with pytest.raises(SourceError, match="not a kernel tree"):
+        profiles.tree_version(tmp_path)
+
+
+def test_makefile_without_patchlevel(tmp_path):
+    tree = fake_tree(tmp_path, text="VERSION = 6\nSUBLEVEL = 1\n")
+    with pytest.raises(SourceError) as ei:
+        profiles.tree_version(tree)
+    assert "no PATCHLEVEL line" in ei.value.message and str(tree / "Makefile") in ei.value.message
+
+
+# -- select --------------------------------------------------------------------------------
+
+def test_select_6_1_auto():
+    p = profiles.select((6, 1, 76))
+    assert p.name == "6.1"
+    assert p.syscall_nr == 451
+    assert p.hvc_func_id == 0xC6000040
+    assert p.directory == profiles.PROFILES / "6.1"
+    assert p.reference_kvm_patch.is_file() and p.reference_vm_patch.is_file()
+
+
+def test_select_from_fake_tree_version(tmp_path):
+    assert profiles.select(profiles.tree_version(fake_tree(tmp_path, 6, 1, 0))).name == "6.1"
+
+
+def test_unsupported_version_error_text():
+    with pytest.raises(SourceError) as ei:
+        profiles.select((5, 4, 0))
+    msg = ei.value.message
+    assert "kernel version 5.4.0 is not supported" in msg
+    assert "6.1 for 6.1" in msg  # the known profiles are listed
+    assert "images/profiles/" in msg and "kernel.profile" in msg  # and how to fix it
+    assert ei.value.stage == "source"
+
+
+def test_version_prefix_does_not_match_longer_patchlevel():
+    # 6.10 must not be taken for 6.1
+    with pytest.raises(SourceError):
+        profiles.select((6, 10, 0))
+
+
+def test_explicit_profile_name_overrides_version():
+    assert profiles.select((5, 4, 0), "6.1").name == "6.1"
+
+
+def test_explicit_unknown_profile_name():
+    with pytest.raises(ConfigError) as ei:
+        profiles.select((6, 1, 0), "9.9")
+    assert "no profile '9.9'" in ei.value.message and "6.1" in ei.value.message
+
+
+# -- profiles from a custom root -----------------------------------------------------------
+
+def make_profile(root: Path, dirname: str, body: str) -> Path:
+    d = root / dirname
+    d.mkdir(parents=True)
+    (d / "profile.yaml").write_text(body)
+    return d
+
+
+def test_custom_root_selection_and_fields(tmp_path):
+    d = make_profile(tmp_path, "a", "name: '5.4'\nmatches: ['5.4', '5.5']\nsyscall_nr: 440\n"
+                                   "hvc_func_id: 0xC6000041\nfragments: [extra.config]\n"
+                                   "make_vars: {LLVM: 1, W: 0}\nnotes: [hello]\n")
+    (d / "extra.config").write_text("CONFIG_FOO=y\n")
+    make_profile(tmp_path, "b", "name: other\nmatches: ['4.19']\nsyscall_nr: 1\nhvc_func_id: 2\n")
+    (tmp_path / "not-a-profile").mkdir()
+    allp = profiles.all_profiles(tmp_path)
+    assert set(allp) == {"5.4", "other"}
+    p = profiles.select((5, 5, 3), root=tmp_path)
+    assert p.name == "5.4" and p.syscall_nr == 440 and p.hvc_func_id == 0xC6000041
+    assert p.fragments == (d / "extra.config",)
+    assert p.make_vars == (("LLVM", "1"), ("W", "0"))
+    assert p.notes == ("hello",)
+    assert p.nvhe_banner == profiles.Profile.nvhe_banner
+    fp = p.fingerprint()
+    assert fp["fragments"] == {"extra.config": "CONFIG_FOO=y\n"}
+    assert fp["make_vars"] == [("LLVM", "1"), ("W", "0")]
+    assert profiles.select((5, 5, 3), "other", root=tmp_path).name == "other"
+
+
+def test_profile_unknown_key(tmp_path):
+    make_profile(tmp_path, "x", "name: x\nmatches: []\nsyscall_nr: 1\nhvc_func_id: 2\nsyscal: 3\n")
+    with pytest.raises(ConfigError, match="unknown key syscal"):
+        profiles.all_profiles(tmp_path)
+
+
+def test_profile_missing_key(tmp_path):
+    make_profile(tmp_path, "x", "name: x\nmatches: []\nhvc_func_id: 2\n")
+    with pytest.raises(ConfigError, match="missing key syscall_nr"):
+        profiles.all_profiles(tmp_path)
+
+
+def test_profile_bad_value(tmp_path):
+    make_profile(tmp_path, "x", "name: x\nmatches: []\nsyscall_nr: lots\nhvc_func_id: 2\n")
+    with pytest.raises(ConfigError, match="bad value"):
+        profiles.all_profiles(tmp_path)
+
+
+def test_profile_invalid_yaml(tmp_path):
+    make_profile(tmp_path, "x", "name: [x\n")
+    with pytest.raises(ConfigError, match="cannot load profile"):
+        profiles.all_profiles(tmp_path)
+
+
+# -- the repository's own profiles ---------------------------------------------------------
+
+REPO_PROFILES = sorted(profiles.all_profiles().values(), key=lambda p: p.name)
+
+
+def test_repo_has_profiles():
+    assert "6.1" in {p.name for p in REPO_PROFILES}
+
+
+@pytest.mark.parametrize("profile", REPO_PROFILES, ids=lambda p: p.name)
+def test_repo_profile_is_consistent(profile):
+    assert profile.matches, "a profile must match at least one VERSION.PATCHLEVEL"
+    for m in profile.matches:
+        major, minor = m.split(".")
+        assert profiles.select((int(major), int(minor), 0)).name == profile.name
+    assert 0 < profile.syscall_nr < 1024
+    # SMCCC fast call, 64-bit, owner vendor-specific hypervisor service (6)
+    assert profile.hvc_func_id >> 31 == 1 and (profile.hvc_func_id >> 30) & 1 == 1
+    assert (profile.hvc_func_id >> 24) & 0x3F == 6
+    for f in profile.fragments:
+        assert f.is_file(), f
+    fp = profile.fingerprint()
+    assert fp["name"] == profile.name and fp["common"] == profiles.COMMON_FRAGMENT.read_text()
+
+
+@pytest.mark.parametrize("profile", REPO_PROFILES, ids=lambda p: p.name)
+def test_repo_reference_patches_parse(profile):
+    kvm = Patch.from_file(profile.reference_kvm_patch)
+    vm = Patch.from_file(profile.reference_vm_patch)
+    for p in (kvm, vm):
+        assert p.strip == 1 and p.files and p.hunks
+        assert all(not f.startswith(("a/", "b/", "/")) for f in p.files)
+        assert all(h.file in p.files for h in p.hunks)
+    assert "arch/arm64/kvm/hypercalls.c" in kvm.files
+    assert any(f.startswith("arch/arm64/") for f in vm.files)
+    assert vm.created, "vm.patch adds the syscall's source file"
+    assert set(vm.created) <= set(vm.files)
+    # the guest syscall number in vm.patch is the profile's
+    assert f"#define __NR_host_cpuid {profile.syscall_nr}" in vm.data.decode()
+    # both sides use the profile's SMCCC function number
+    fn = "0x%x" % (profile.hvc_func_id & 0xFFFF)
+    assert f"ARM_SMCCC_OWNER_VENDOR_HYP, {fn})" in kvm.data.decode()
+    assert f"ARM_SMCCC_OWNER_VENDOR_HYP, {fn})" in vm.data.decode()

@@ -24,13 +24,13 @@ def _config(args) -> config.Config:
     sets = list(args.set or [])
     tree = args.kernel_tree or (os.environ.get(ENV_TREE) if not args.config else None)
     if tree:
-        sets += ["kernel.source=path", f"kernel.path={Path(tree).resolve()}"]
+        sets += ["kernel.source=path", f"kernel.path={json.dumps(str(Path(tree).resolve()))}"]
     if args.kvm_patch:
-        sets.append(f"patches.host={Path(args.kvm_patch).resolve()}")
+        sets.append(f"patches.host={json.dumps(str(Path(args.kvm_patch).resolve()))}")
     if args.vm_patch:
-        sets.append(f"patches.guest={Path(args.vm_patch).resolve()}")
+        sets.append(f"patches.guest={json.dumps(str(Path(args.vm_patch).resolve()))}")
     if getattr(args, "output", None):
-        sets.append(f"output={args.output}")
+        sets.append(f"output={json.dumps(str(args.output))}")
     return config.override(cfg, sets) if sets else cfg
 
 

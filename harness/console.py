@@ -25,11 +25,11 @@ class Signature:
 
 
 SIGNATURES = [
+    Signature("hyp-panic", re.compile(r"(?i)\bhyp panic\b|hyp_panic|nVHE hyp BUG|Bad mode in "), True),
     Signature("panic", re.compile(r"Kernel panic - not syncing"), True),
     Signature("oops", re.compile(r"Internal error: |Unable to handle kernel "), True),
-    Signature("hyp-panic", re.compile(r"HYP panic|hyp_panic|Bad mode in "), True),
     Signature("bug", re.compile(r"\bBUG: "), False),
-    Signature("warning", re.compile(r"\bWARNING: CPU: \d+ PID: \d+|\bWARNING: .* at "), False),
+    Signature("warning", re.compile(r"\bWARNING: CPU: \d+ PID: \d+|\bWARNING: .* at |\bWARNING: possible "), False),
     Signature("rcu-stall", re.compile(r"rcu: INFO: rcu_\w+ detected stalls"), False),
     Signature("lockup", re.compile(r"soft lockup - CPU|hard LOCKUP"), False),
 ]

@@ -185,7 +185,8 @@ class Builder:
 
     def _checkout(self, patch: Optional[Patch], log: Path) -> str:
         state = self._read_state()
-        if state is None or not (self.work / "src").is_dir():
+        if state is None or state.get("dirty") or not (self.work / "src").is_dir():
+            # missing, or a previous build was killed between restore and apply: start clean
             self._fresh_worktree(log)
             state = self._read_state()
         want = patch.sha256 if patch else None

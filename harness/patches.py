@@ -128,7 +128,7 @@ class Patch:
     @staticmethod
     def _check_path(name: str, rel: str) -> None:
         parts = Path(rel).parts
-        if rel.startswith("/") or ".." in parts or (parts and parts[0] == ".git") or "\0" in rel:
+        if rel.startswith("/") or ".." in parts or ".git" in parts or "\0" in rel:
             raise PatchError(f"{name}: refuses to touch path {rel!r} (absolute, '..' or .git)")
 
     def hunk_at(self, file: str, line: int) -> Optional[Hunk]:

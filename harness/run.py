@@ -265,6 +265,8 @@ def new_run_dir(cfg: Config, name: str = "run") -> Path:
 
 
 def overall_verdict(scenarios: List[dict], findings: List[dict]) -> str:
+    if not scenarios:
+        return "no-samples"
     words = {s["verdict"] for sc in scenarios for s in sc["per_vcpu"].values()}
     if any(f["signature"] in ("bug", "warning", "oops", "panic", "hyp-panic", "lockup", "rcu-stall")
            for f in findings):

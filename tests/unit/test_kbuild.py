@@ -296,11 +296,6 @@ def test_interrupted_checkout_is_repaired(env):
     assert image_of(rebuilt) == PRISTINE_IMAGE.replace("kvm v1", "kvm PATCH-A")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG harness/kbuild.py Builder._checkout: the 'dirty' state written before applying a patch "
-    "still lists only the previous patch's files, so a kill after patch.apply() but before the final "
-    "_write_state leaves the new patch's edits in the worktree, unrecorded; the next build then "
-    "includes them (cross-contamination)"))
 def test_kill_after_apply_does_not_contaminate_next_build(env, monkeypatch):
     b = env.builder()
     b.build("host", None, env.logs)

@@ -3,7 +3,7 @@ latency percentiles, and what the return values mean (pCPU, not supported, ENOSY
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .trace import Trace, classify_ret
 

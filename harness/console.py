@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Pattern
@@ -127,10 +126,9 @@ class Console:
                     return m
                 fatal = [f for f in self.findings if f.fatal]
                 if fatal:
-                    time.sleep(0)  # let the rest of the oops arrive below
-                    self._cond.wait(2.0)
+                    self._cond.wait(2.0)  # let the rest of the oops arrive
                     raise BootError(f"{deadline.stage}: {self.name} crashed ({fatal[0].signature}: {fatal[0].line})",
-                                    stage=deadline.stage, tail=self.tail(60), log=None)
+                                    stage=deadline.stage, tail=self.tail(60))
                 if self._closed:
                     raise BootError(f"{deadline.stage}: {self.name} exited before {what}",
                                     stage=deadline.stage, tail=self.tail(60))

@@ -90,6 +90,11 @@ def run(
             logf.close()
         raise error(f"{what}: command not found: {argv[0]} (run `make setup`)", stage=stage, reproduce=repro) from e
     chunks = []
+
+    def failure(message: str) -> HarnessError:
+        out = b"".join(chunks).decode("utf-8", "replace")
+        return error(f"{what}: {message}", stage=stage, log=log, tail=None if log else tail_of(out), reproduce=repro)
+
     try:
         if input is not None:
             assert proc.stdin is not None
@@ -109,52 +114,16 @@ def run(
         rc = proc.wait(timeout=(deadline - time.monotonic()) if deadline else None)
     except subprocess.TimeoutExpired:
         kill_group(proc)
-        out = b"".join(chunks).decode("utf-8", "replace")
-        raise error(
-            f"{what}: timed out after {timeout:.0f} s",
-            stage=stage,
-            log=log,
-            tail=None if log else tail_of(out),
-            reproduce=repro,
-        )
+        raise failure(f"timed out after {timeout:.0f} s")
     except BaseException:
         kill_group(proc)
         raise
     finally:
         if logf:
             logf.close()
-    out = b"".join(chunks).decode("utf-8", "replace")
     if check and rc != 0:
-        raise error(
-            f"{what} failed with exit code {rc}",
-            stage=stage,
-            log=log,
-            tail=None if log else tail_of(out),
-            reproduce=repro,
-        )
-    return subprocess.CompletedProcess(argv, rc, out, "")
-
-
-def spawn(
-    argv: Sequence[Union[str, os.PathLike]],
-    *,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.STDOUT,
-    stdin=subprocess.DEVNULL,
-    cwd=None,
-    pass_fds: Sequence[int] = (),
-) -> subprocess.Popen:
-    """Start a long-running child (e.g. QEMU) in its own process group, tied to our life."""
-    return subprocess.Popen(
-        [str(a) for a in argv],
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        cwd=str(cwd) if cwd else None,
-        preexec_fn=_die_with_parent,
-        start_new_session=True,
-        pass_fds=tuple(pass_fds),
-    )
+        raise failure(f"failed with exit code {rc}")
+    return subprocess.CompletedProcess(argv, rc, b"".join(chunks).decode("utf-8", "replace"), "")
 
 
 def kill_group(proc: subprocess.Popen, grace: float = 0.0) -> None:

@@ -20,7 +20,7 @@ from . import analysis, images, kbuild, profiles, sources, workload
 from .config import Config, Scenario
 from .console import scan
 from .deadline import Deadline
-from .errors import BootError, HarnessError, KernelBugError, TraceError, WorkloadError
+from .errors import BootError, HarnessError, TraceError, WorkloadError
 from .kbuild import KernelBuild
 from .machine import Machine, MachineSpec
 from .nested import L1_FORWARDS, Guest, GuestSpec
@@ -322,15 +322,3 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
         summary["seconds"] = round(time.monotonic() - t_start, 1)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
-
-
-def config_override(cfg: Config, sets: List[str]) -> Config:
-    from .config import override
-
-    return override(cfg, sets)
-
-
-def assert_no_kernel_bugs(summary: dict) -> None:
-    if summary.get("kernel_log_findings"):
-        lines = "\n".join(f"{f['where']}: {f['line']}" for f in summary["kernel_log_findings"])
-        raise KernelBugError(f"the kernels logged {len(summary['kernel_log_findings'])} problem line(s)", tail=lines)

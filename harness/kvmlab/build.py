@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import LAB_DIR
-from .errors import INFRA, SUBJECT, LabBuildError
+from .errors import INFRA, LabBuildError
 from .sandbox import Limits, base_env, run_untrusted
 
 BUILD_FILES = ("Makefile", "guest.ld", "guest16.S", "payload.S")

@@ -1,41 +1,10 @@
 """Typed failures of the KVM-API lab.  Each names its stage and whose fault it is.
 
-They derive from ``harness.errors.HarnessError`` when that module is present so the
-rest of the harness can render them; otherwise from a minimal local base.
+They derive from ``harness.errors.HarnessError``, so the rest of the harness renders them.
 """
 from __future__ import annotations
 
-from typing import Optional
-
-try:  # pragma: no cover - depends on the surrounding checkout
-    from harness.errors import HarnessError as _Base, INFRA, INPUT, SUBJECT
-except Exception:  # pragma: no cover
-    INPUT, SUBJECT, INFRA = "input", "subject", "infra"
-
-    class _Base(Exception):
-        stage = "harness"
-        kind = INFRA
-
-        def __init__(self, message: str, *, stage: Optional[str] = None,
-                     kind: Optional[str] = None, log=None, tail: Optional[str] = None,
-                     reproduce=None):
-            super().__init__(message)
-            self.message = message
-            if stage:
-                self.stage = stage
-            if kind:
-                self.kind = kind
-            self.log = log
-            self.tail = tail or ""
-            self.reproduce = reproduce
-
-        def __str__(self) -> str:
-            return f"[{self.stage}] {self.message}"
-
-        def to_dict(self) -> dict:
-            return {"error": type(self).__name__, "stage": self.stage, "kind": self.kind,
-                    "message": self.message, "log": str(self.log) if self.log else None,
-                    "tail": self.tail, "reproduce": self.reproduce}
+from harness.errors import HarnessError as _Base, INFRA, INPUT, SUBJECT
 
 
 class KvmLabError(_Base):

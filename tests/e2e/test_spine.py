@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness import run as run_mod
+from harness.config import override
 from harness.config import Scenario
 from harness.trace import read_trace
 
@@ -67,7 +68,7 @@ def test_kernels_logged_no_bug_or_warning(nested_stack):
 
 
 def test_unpatched_host_reports_not_supported(harness_config, e2e_runs):
-    cfg = run_mod.config_override(harness_config, ["patches.host=none", "scenarios=[]"])
+    cfg = override(harness_config, ["patches.host=none", "scenarios=[]"])
     summary = run_mod.main_job(cfg, run_mod.new_run_dir(cfg, "unpatched-host"))
     assert summary["verdict"] == "not-supported", summary.get("verdict_text")
     for s in summary["scenarios"][0]["per_vcpu"].values():
@@ -89,7 +90,7 @@ def test_failed_boot_is_named_and_cleaned_up(harness_config, artefacts, e2e_runs
     and to panic at once) ends in BootError with the console tail, and no QEMU stays."""
     from harness.errors import BootError, StageTimeout
 
-    cfg = run_mod.config_override(harness_config, ["l1.append=root=/dev/nonexistent rootwait=0 rootdelay=0"])
+    cfg = override(harness_config, ["l1.append=root=/dev/nonexistent rootwait=0 rootdelay=0"])
     run_dir = run_mod.new_run_dir(cfg, "bad-boot")
     with pytest.raises((BootError, StageTimeout)) as exc:
         with run_mod.Stack(cfg, artefacts, run_dir):

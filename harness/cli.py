@@ -109,6 +109,7 @@ def _sigterm(signum, frame):  # turn SIGTERM into the same cleanup path as Ctrl-
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach CI logs as they happen
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         return args.func(args)

@@ -41,13 +41,26 @@ class Finding:
     line: str
 
 
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+_PRINTK_TIME = re.compile(r"\[\s*\d+\.\d+\]")
+
+
+def clean_line(line: str) -> str:
+    """A console line as the kernel printed it: terminal escapes dropped, and whatever a
+    shell prompt left before the printk timestamp cut off."""
+    line = _ESCAPES.sub("", line)
+    m = _PRINTK_TIME.search(line)
+    return (line[m.start():] if m else line).strip()
+
+
 def scan(text: str) -> List[Finding]:
     """Crash-signature lines in a log."""
     out = []
     for line in text.splitlines():
+        line = clean_line(line)
         for sig in SIGNATURES:
             if sig.pattern.search(line):
-                out.append(Finding(sig.name, sig.fatal, line.strip()))
+                out.append(Finding(sig.name, sig.fatal, line))
                 break
     return out
 

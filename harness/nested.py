@@ -36,6 +36,8 @@ class GuestSpec:
         append = " ".join(x for x in ("console=ttyAMA0 quiet panic=-1 nokaslr", self.append) if x)
         return [
             "qemu-system-aarch64", "-machine", "virt,gic-version=3", "-cpu", "host", "-accel", "kvm",
+            # vCPU threads named "CPU <k>/KVM" in L1: ps/top -H and kernel BUG lines say which vCPU
+            "-name", "l2,debug-threads=on",
             "-smp", str(self.cpus), "-m", str(self.memory_mb),
             "-nodefaults", "-no-reboot", "-display", "none", "-daemonize",
             "-pidfile", f"{RUN}/qemu.pid", "-serial", f"file:{RUN}/console.log", "-monitor", "none",

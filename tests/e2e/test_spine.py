@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness import nested
 from harness import run as run_mod
 from harness.config import override
 from harness.config import Scenario
@@ -31,6 +32,24 @@ def test_l2_really_uses_kvm(nested_stack):
     assert kvm == {"enabled": True, "present": True}
     dmesg = nested_stack.l2_ssh.run(["dmesg"]).out
     assert "CPU: All CPU(s) started at EL1" in dmesg
+
+
+def test_l1_and_l2_run_the_configured_kernel(nested_stack):
+    """The kernels that booted are the ones built from the configured tree and profile."""
+    version = nested_stack.art.source.version_str
+    for ssh in (nested_stack.l1_ssh, nested_stack.l2_ssh):
+        assert ssh.run(["uname", "-r"]).out.strip().startswith(version)
+    # the guest kernel has host_cpuid at the profile's number: on 5.4 that is 436
+    nr = nested_stack.art.profile.syscall_nr
+    assert nested_stack.art.source.version[:2] != (5, 4) or nr == 436
+
+
+def test_vcpu_threads_from_qmp_are_the_named_vcpu_threads(nested_stack):
+    """Pinning acts on the thread ids QMP reports; L1 must agree they are vCPU k's threads."""
+    pid = nested_stack.l1_ssh.run(["cat", f"{nested.RUN}/qemu.pid"]).out.strip()
+    for v, tid in nested_stack.l2.vcpu_threads().items():
+        comm = nested_stack.l1_ssh.run(["cat", f"/proc/{pid}/task/{tid}/comm"]).out.strip()
+        assert comm == f"CPU {v}/KVM", (v, tid, comm)
 
 
 def test_every_call_returns_a_pcpu_in_range(nested_stack):

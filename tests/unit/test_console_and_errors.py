@@ -42,6 +42,18 @@ def test_smp_processor_id_bug_is_not_fatal():
     assert (f[0].signature, f[0].fatal, f[0].line) == ("bug", False, line.strip())
 
 
+def test_finding_drops_the_shell_prompt_and_escapes_before_the_kernel_line():
+    # L1's console shell prompt and its cursor query share the line with the printk
+    raw = "l1:/# \x1b[6n[    9.766831] BUG: using smp_processor_id() in preemptible [00000000] code: CPU 0/KVM/78\r"
+    f = scan(raw)
+    assert [x.line for x in f] == [
+        "[    9.766831] BUG: using smp_processor_id() in preemptible [00000000] code: CPU 0/KVM/78"]
+
+
+def test_finding_without_timestamp_is_kept_whole():
+    assert [x.line for x in scan("\x1b[1mBUG: scheduling while atomic\x1b[0m")] == ["BUG: scheduling while atomic"]
+
+
 @pytest.mark.parametrize("line,sig,fatal", [
     ("[  3.2] WARNING: CPU: 1 PID: 123 at arch/arm64/kvm/hypercalls.c:230 kvm_hvc_call_handler+0x50/0x2a0",
      "warning", False),

@@ -99,6 +99,7 @@ def test_l2_argv_uses_kvm_only():
     assert opt(argv, "-cpu") == ["host"]
     assert opt(argv, "-smp") == ["3"] and opt(argv, "-m") == ["512"]
     assert "-daemonize" in argv and "-no-reboot" in argv
+    assert opt(argv, "-name") == ["l2,debug-threads=on"]  # vCPU threads named "CPU k/KVM" in L1
     assert opt(argv, "-append")[0].split()[-1] == "x=1" and "panic=-1" in opt(argv, "-append")[0]
     assert f"tcp:0.0.0.0:{nested.L2_QMP_PORT},server=on,wait=off" in opt(argv, "-qmp")
     assert f"hostfwd=tcp::{nested.L2_SSH_PORT}-:22" in opt(argv, "-netdev")[0]

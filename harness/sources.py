@@ -7,10 +7,11 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, List, Tuple
 
 from . import cache, procs
 from .config import Config, KernelConfig
@@ -34,7 +35,7 @@ class SourceTree:
 
 def _git_out(args, cwd=None) -> str:
     p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"})
     if p.returncode != 0:
         raise SourceError(f"git {' '.join(args)} failed in {cwd}: {p.stderr.strip()}",
                           reproduce=["git", "-C", str(cwd), *args])
@@ -61,19 +62,82 @@ def _tarball_identity(tarball: Path) -> str:
     return "sha256:" + known[stamp]
 
 
-def _stat_fingerprint(tree: Path) -> str:
-    """Cheap identity of a non-git tree: every file's path, size and mtime."""
-    h = hashlib.sha256()
+def _walk(tree: Path):
+    """(relative path, absolute path) of every file and symlink under tree, sorted, no .git."""
     for dirpath, dirnames, filenames in os.walk(tree):
         dirnames[:] = sorted(d for d in dirnames if d != ".git")
         for name in sorted(filenames):
             p = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(p)
-            except OSError:
+            yield os.path.relpath(p, tree), p
+
+
+def _stat_fingerprint(tree: Path) -> str:
+    """Cheap change detector for a non-git tree: every file's path, size and mtime."""
+    h = hashlib.sha256(str(tree).encode())
+    for rel, p in _walk(tree):
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def content_digest(tree: Path) -> str:
+    """What a non-git tree contains: every file's path, executable bit and bytes (symlinks:
+    their target).  Independent of where the tree is and of its timestamps."""
+    h = hashlib.sha256()
+    for rel, p in _walk(tree):
+        try:
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                h.update(f"L {rel}\0{os.readlink(p)}\n".encode())
                 continue
-            h.update(f"{os.path.relpath(p, tree)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return "stat:" + h.hexdigest()
+            with open(p, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as e:
+            raise SourceError(f"{p}: cannot read: {e.strerror}") from None
+        h.update(f"F {rel}\0{st.st_mode & 0o111:o}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def _tree_identity(tree: Path, progress: Progress) -> str:
+    """content:<digest> of a non-git tree, hashed once per change (remembered by the stat
+    fingerprint, so an untouched tree costs one walk)."""
+    stamp = _stat_fingerprint(tree)
+    memo = cache.cache_root() / "sources" / "tree-digests.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if stamp not in known:
+        progress(f"hashing the contents of {tree} (once per change of the tree)")
+        known[stamp] = content_digest(tree)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, memo)
+    return "content:" + known[stamp]
+
+
+def _git_state(path: Path) -> Tuple[str, str, List[str]]:
+    """(HEAD commit, diff of tracked files against HEAD, untracked non-ignored files)."""
+    commit = _git_out(["rev-parse", "HEAD"], cwd=path).strip()
+    diff = _git_out(["diff", "HEAD", "--binary"], cwd=path)
+    untracked = [f for f in _git_out(["ls-files", "-z", "--others", "--exclude-standard"], cwd=path).split("\0") if f]
+    return commit, diff, untracked
+
+
+def _git_identity(path: Path, commit: str, diff: str, untracked: List[str]) -> str:
+    """git:<commit>, plus +dirty:<hash> when the work tree differs from it."""
+    if not diff and not untracked:
+        return f"git:{commit}"
+    h = hashlib.sha256(diff.encode())
+    for rel in untracked:
+        p = path / rel
+        h.update(f"\0{rel}\0".encode())
+        h.update(os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+    return f"git:{commit}+dirty:{h.hexdigest()[:16]}"
 
 
 def _finish(root: Path, origin: str, identity: str) -> SourceTree:
@@ -120,23 +184,27 @@ def _from_path(path: Path, log_dir: Path, progress: Progress) -> SourceTree:
     log = log_dir / "source.log"
     is_git = (path / ".git").exists()
     if is_git:
-        commit = _git_out(["rev-parse", "HEAD"], cwd=path).strip()
-        diff = _git_out(["diff", "HEAD", "--binary"], cwd=path)
-        identity = f"git:{commit}" + (f"+dirty:{hashlib.sha256(diff.encode()).hexdigest()[:16]}" if diff else "")
+        commit, diff, untracked = _git_state(path)
+        identity = _git_identity(path, commit, diff, untracked)
     else:
-        identity = _stat_fingerprint(path)
-    entry = cache.Entry("sources", cache.key_of(identity=identity, path=str(path)))
+        identity = _tree_identity(path, progress)
+    entry = cache.Entry("sources", cache.key_of(identity=identity))
     if not entry.ready():
         progress(f"copying {path} into the cache (the tree itself is never modified)")
 
     def copy(tmp: Path) -> None:
         dest = tmp / "linux"
         if is_git:
+            # the commit, then what the work tree adds to it: changes to tracked files and
+            # new files not yet added (ignored files, e.g. build output, stay behind)
             _export_git(path, commit, dest, log)
-            if diff:  # carry uncommitted changes of tracked files over
+            if diff:
                 procs.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=dest, stage="source",
                           error=SourceError, log=log, input=diff.encode(), what="git apply (uncommitted changes)",
                           env={"GIT_CEILING_DIRECTORIES": str(tmp)})
+            for rel in untracked:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path / rel, dest / rel, follow_symlinks=False)
         else:
             shutil.copytree(path, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
             if (dest / ".config").exists() or (dest / "include" / "config").exists():

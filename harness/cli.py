@@ -23,8 +23,19 @@ def _config(args) -> config.Config:
     cfg = config.load(args.config)
     sets = list(args.set or [])
     tree = args.kernel_tree or (os.environ.get(ENV_TREE) if not args.config else None)
+    if tree and args.kernel_git:
+        raise config.ConfigError("--kernel-tree and --kernel-git name two different trees: give one")
     if tree:
         sets += ["kernel.source=path", f"kernel.path={json.dumps(str(Path(tree).resolve()))}"]
+    if args.kernel_git:
+        if not args.kernel_ref:
+            raise config.ConfigError("--kernel-git needs --kernel-ref (a tag, branch or commit, e.g. v5.4)")
+        url = args.kernel_git
+        if "://" not in url and not url.startswith("git@") and Path(url).expanduser().exists():
+            url = str(Path(url).expanduser().resolve())
+        sets += ["kernel.source=git", "kernel.git=" + json.dumps({"url": url, "ref": args.kernel_ref})]
+    elif args.kernel_ref:
+        raise config.ConfigError("--kernel-ref goes with --kernel-git URL")
     if args.kvm_patch:
         sets.append(f"patches.host={json.dumps(str(Path(args.kvm_patch).resolve()))}")
     if args.vm_patch:
@@ -39,6 +50,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set l1.cpus=4 --set scenarios[...]: repeatable")
     p.add_argument("--kernel-tree", metavar="PATH", help=f"use this kernel tree (or set ${ENV_TREE})")
+    p.add_argument("--kernel-git", metavar="URL", help="use this git repository (with --kernel-ref)")
+    p.add_argument("--kernel-ref", metavar="REF", help="tag, branch or commit of --kernel-git, e.g. v5.4")
     p.add_argument("--kvm-patch", metavar="FILE", help="host patch (default: the profile's reference)")
     p.add_argument("--vm-patch", metavar="FILE", help="guest patch (default: the profile's reference)")
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from harness import analysis, cli, nested, run
+from harness.errors import ConfigError
 from harness.machine import MachineSpec
 from harness.nested import GuestSpec
 from harness.trace import make_trace_bytes, parse_trace
@@ -242,6 +243,30 @@ def test_config_from_cli_arguments(tmp_path, monkeypatch):
     assert cfg.kernel.source == "path" and Path(cfg.kernel.path) == tree.resolve()
     assert Path(cfg.patches.host) == patch.resolve() and cfg.patches.guest == "reference"
     assert cfg.l1.cpus == 8 and cfg.output == str(tmp_path / "out")
+
+
+def test_config_from_git_url_and_ref(tmp_path, monkeypatch):
+    monkeypatch.delenv(cli.ENV_TREE, raising=False)
+    repo = tmp_path / "linux.git"
+    repo.mkdir()
+    args = cli.build_parser().parse_args(["run", "--kernel-git", str(repo), "--kernel-ref", "v5.4"])
+    cfg = cli._config(args)
+    assert cfg.kernel.source == "git"
+    assert (cfg.kernel.git.url, cfg.kernel.git.ref) == (str(repo.resolve()), "v5.4")
+    url = "https://git.kernel.org/pub/scm/linux/kernel/git/stable/linux.git"
+    cfg = cli._config(cli.build_parser().parse_args(["build", "--kernel-git", url, "--kernel-ref", "v5.4.59"]))
+    assert (cfg.kernel.git.url, cfg.kernel.git.ref) == (url, "v5.4.59")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--kernel-git", "https://x/linux.git"], "--kernel-git needs --kernel-ref"),
+    (["--kernel-ref", "v5.4"], "--kernel-ref goes with --kernel-git"),
+    (["--kernel-tree", "/x", "--kernel-git", "https://x/linux.git", "--kernel-ref", "v5.4"], "give one"),
+])
+def test_git_flags_misused(argv, message, monkeypatch):
+    monkeypatch.delenv(cli.ENV_TREE, raising=False)
+    with pytest.raises(ConfigError, match=message):
+        cli._config(cli.build_parser().parse_args(["run", *argv]))
 
 
 @pytest.fixture

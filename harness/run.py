@@ -66,6 +66,8 @@ def prepare(cfg: Config, log_dir: Path, progress: Progress = print) -> Artefacts
     profile = profiles.select(src.version, cfg.kernel.profile)
     progress(f"kernel: Linux {src.version_str} from {src.origin}; profile {profile.name} "
              f"(host_cpuid is syscall {profile.syscall_nr})")
+    for note in profile.notes:  # workarounds for this kernel version, also at the top of build.log
+        progress(f"  profile {profile.name}: {note}")
     host_patch = load_patch(cfg.patches.host, "host", profile, cfg)
     guest_patch = load_patch(cfg.patches.guest, "guest", profile, cfg)
     t["source"] = time.monotonic() - t0

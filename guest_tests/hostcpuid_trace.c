@@ -3,10 +3,13 @@
  * returned, on which vCPU, when, and how long it took.
  *
  *   hostcpuid-trace [-n COUNT] [-d SECONDS] [-c VCPU] [-s SYSCALL_NR]
- *                   [-m hostcpuid|getppid] [--bare] -o FILE
+ *                   [-m hostcpuid|getppid] [--bare | --interleave-bare B] -o FILE
  *
  * The syscall is issued with `svc #0` from inline assembly so that the raw x0
  * comes back untouched (glibc's syscall() would turn -1..-4095 into -1/errno).
+ * Time is read from the generic timer's virtual counter (CNTVCT_EL0, the clock
+ * CLOCK_MONOTONIC is built on) with one instruction instead of the vDSO, and turned
+ * into CLOCK_MONOTONIC nanoseconds after the loop.
  * Records live in a pre-faulted memory buffer and are written to FILE in one go
  * at the end; the format is described in README.md and parsed by harness/trace.py.
  * On success one JSON line goes to stdout.  Exit codes: 0 ok, 2 bad arguments,
@@ -45,7 +48,8 @@ enum {
 	FLAG_COUNT_LIMIT = 2,    /* -n given */
 	FLAG_DURATION_LIMIT = 4, /* -d given */
 	FLAG_STOPPED_BY_TIME = 8, /* the duration ran out before the count */
-	FLAG_VCPU_RSEQ = 16       /* vcpu read from the rseq area (else the getcpu syscall) */
+	FLAG_VCPU_RSEQ = 16,      /* vcpu read from the rseq area (else the getcpu syscall) */
+	FLAG_INTERLEAVED = 32     /* bare blocks ran between recorded blocks (--interleave-bare) */
 };
 
 /* All fields little-endian (the native order on arm64). 96 bytes. */
@@ -122,11 +126,68 @@ static inline int current_vcpu(void)
 	return rseq_area ? (int)(int32_t)rseq_area->cpu_id : raw_getcpu();
 }
 
-static inline uint64_t now_ns(void)
+/*
+ * The clock.  CNTVCT_EL0 counts at CNTFRQ_EL0 Hz and is what the kernel's CLOCK_MONOTONIC
+ * reads too; reading it is one instruction (the isb keeps it from being read before the
+ * instructions in front of it), where clock_gettime() runs the vDSO's sequence-lock loop.
+ * Records hold raw ticks during the loop; to_ns() converts them afterwards, anchored to a
+ * CLOCK_MONOTONIC reading taken at the same moment as a counter reading.
+ */
+static inline uint64_t ticks(void)
+{
+	uint64_t v;
+	__asm__ volatile("isb\n\tmrs %0, cntvct_el0" : "=r"(v) : : "memory");
+	return v;
+}
+
+static uint64_t tick_hz, anchor_ticks, anchor_ns;
+
+static uint64_t mono_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void init_clock(void)
+{
+	__asm__ volatile("mrs %0, cntfrq_el0" : "=r"(tick_hz));
+	if (tick_hz == 0)
+		tick_hz = 1; /* never divide by zero; a broken CNTFRQ shows as absurd timestamps */
+	anchor_ticks = ticks();
+	anchor_ns = mono_ns();
+}
+
+static inline uint64_t span_ns(uint64_t dticks)
+{
+	return (uint64_t)((unsigned __int128)dticks * 1000000000u / tick_hz);
+}
+
+static inline uint64_t to_ns(uint64_t t)
+{
+	return t >= anchor_ticks ? anchor_ns + span_ns(t - anchor_ticks) : anchor_ns - span_ns(anchor_ticks - t);
+}
+
+/* One recorded call; returns the counter after it. */
+static inline uint64_t record_call(struct trace_record *r, uint32_t seq, long nr)
+{
+	uint64_t t0 = ticks();
+	int64_t ret = raw_syscall0(nr);
+	uint64_t t1 = ticks();
+	r->seq = seq;
+	r->vcpu = current_vcpu();
+	r->t_ns = t0;
+	r->ret = ret;
+	r->lat_ns = t1 - t0;
+	return t1;
+}
+
+static void records_to_ns(struct trace_record *r, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		r[i].t_ns = to_ns(r[i].t_ns);
+		r[i].lat_ns = span_ns(r[i].lat_ns);
+	}
 }
 
 static const char *prog = "hostcpuid-trace";
@@ -135,13 +196,15 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: %s [-n COUNT] [-d SECONDS] [-c VCPU] [-s SYSCALL_NR]\n"
-		"       [-m hostcpuid|getppid] [--bare] [--getcpu] -o FILE\n"
+		"       [-m hostcpuid|getppid] [--bare | --interleave-bare B] [--getcpu] -o FILE\n"
 		"  -n COUNT     number of calls (1..4294967295)\n"
 		"  -d SECONDS   stop after this many seconds (with -n: whichever first)\n"
 		"  -c VCPU      pin to this vCPU with sched_setaffinity (verified)\n"
 		"  -s NR        syscall number of host_cpuid (required in hostcpuid mode)\n"
 		"  -m MODE      hostcpuid (default) or getppid (syscall %d, for comparison)\n"
 		"  --bare       same loop without recording; only the total time\n"
+		"  --interleave-bare B  after every B recorded calls, B bare ones, timed apart:\n"
+		"               the recording overhead measured in one run (needs -n, not -d)\n"
 		"  --getcpu     read the vCPU with the getcpu syscall, not from the rseq area\n"
 		"  -o FILE      binary trace output (required unless --bare)\n",
 		prog, NR_GETPPID);
@@ -206,6 +269,7 @@ struct chunk {
 int main(int argc, char **argv)
 {
 	uint64_t count = 0, seconds_ns = 0;
+	uint64_t interleave = 0;
 	int have_count = 0, have_duration = 0, bare = 0, force_getcpu = 0, vcpu = -1, mode = MODE_HOSTCPUID;
 	long nr = -1;
 	const char *out = NULL;
@@ -213,6 +277,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{"bare", no_argument, NULL, 'B'},
 		{"getcpu", no_argument, NULL, 'G'},
+		{"interleave-bare", required_argument, NULL, 'I'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -267,6 +332,11 @@ int main(int argc, char **argv)
 		case 'G':
 			force_getcpu = 1;
 			break;
+		case 'I':
+			if (parse_u64(optarg, &v) || v == 0 || v > UINT32_MAX)
+				die(2, "bad --interleave-bare BLOCK '%s' (1..4294967295)", optarg);
+			interleave = v;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -281,6 +351,8 @@ int main(int argc, char **argv)
 		die(2, "give -n COUNT and/or -d SECONDS%s", "");
 	if (!out && !bare)
 		die(2, "-o FILE is required (unless --bare)%s", "");
+	if (interleave && (bare || !have_count || have_duration))
+		die(2, "--interleave-bare needs -n COUNT, and neither -d nor --bare%s", "");
 	if (mode == MODE_HOSTCPUID && nr < 0)
 		die(2, "hostcpuid mode needs -s SYSCALL_NR (436 on v5.4, 451 with the 6.1 profile)%s", "");
 	if (mode == MODE_GETPPID) {
@@ -334,10 +406,12 @@ int main(int argc, char **argv)
 	}
 
 	uint64_t limit = have_count ? count : UINT32_MAX;
-	uint64_t calls = 0;
+	uint64_t calls = 0, bare_calls = 0, rec_ticks = 0, bare_ticks = 0;
 	int stopped_by_time = 0;
-	uint64_t start = now_ns();
-	uint64_t stop_at = have_duration ? start + seconds_ns : UINT64_MAX;
+	init_clock();
+	uint64_t start = ticks();
+	uint64_t stop_at = have_duration ? start + (uint64_t)((unsigned __int128)seconds_ns * tick_hz / 1000000000u)
+					 : UINT64_MAX;
 	uint64_t end;
 
 	if (bare) {
@@ -345,7 +419,7 @@ int main(int argc, char **argv)
 			while (calls < limit) {
 				raw_syscall0(nr);
 				calls++;
-				if (now_ns() >= stop_at) {
+				if (ticks() >= stop_at) {
 					stopped_by_time = calls < limit;
 					break;
 				}
@@ -354,26 +428,28 @@ int main(int argc, char **argv)
 			for (; calls < limit; calls++)
 				raw_syscall0(nr);
 		}
-		end = now_ns();
+		end = ticks();
 	} else if (recs) {
+		/* with --interleave-bare B: B recorded calls, B bare calls, B recorded, ... each
+		 * block timed on its own, so drift of the machine hits both loops alike */
 		struct trace_record *r = recs;
+		uint64_t block = interleave ? interleave : limit;
 		while (calls < limit) {
-			uint64_t t0 = now_ns();
-			int64_t ret = raw_syscall0(nr);
-			uint64_t t1 = now_ns();
-			r->seq = (uint32_t)calls;
-			r->vcpu = current_vcpu();
-			r->t_ns = t0;
-			r->ret = ret;
-			r->lat_ns = t1 - t0;
-			r++;
-			calls++;
-			if (t1 >= stop_at) {
-				stopped_by_time = calls < limit;
-				break;
+			uint64_t n = limit - calls < block ? limit - calls : block;
+			uint64_t b0 = ticks();
+			for (uint64_t i = 0; i < n; i++)
+				record_call(r++, (uint32_t)calls++, nr);
+			uint64_t b1 = ticks();
+			rec_ticks += b1 - b0;
+			if (interleave) {
+				for (uint64_t i = 0; i < n; i++)
+					raw_syscall0(nr);
+				bare_ticks += ticks() - b1;
+				bare_calls += n;
 			}
 		}
-		end = now_ns();
+		end = ticks();
+		records_to_ns(recs, calls);
 	} else {
 		/* a time limit: chunks of pre-faulted records, allocated between calls, up to COUNT */
 		struct chunk *c = NULL;
@@ -393,22 +469,16 @@ int main(int argc, char **argv)
 					goto oom;
 				n_chunks++;
 			}
-			uint64_t t0 = now_ns();
-			int64_t ret = raw_syscall0(nr);
-			uint64_t t1 = now_ns();
-			struct trace_record *r = &c->rec[c->used++];
-			r->seq = (uint32_t)calls;
-			r->vcpu = current_vcpu();
-			r->t_ns = t0;
-			r->ret = ret;
-			r->lat_ns = t1 - t0;
+			uint64_t t1 = record_call(&c->rec[c->used++], (uint32_t)calls, nr);
 			calls++;
 			if (t1 >= stop_at) {
 				stopped_by_time = calls < limit;
 				break;
 			}
 		}
-		end = now_ns();
+		end = ticks();
+		for (size_t i = 0; i < n_chunks; i++)
+			records_to_ns(chunks[i].rec, chunks[i].used);
 		if (0) {
 		oom:
 			fprintf(stderr, "%s: out of memory after %" PRIu64 " records\n", prog, calls);
@@ -425,7 +495,7 @@ int main(int argc, char **argv)
 		h.record_size = sizeof(struct trace_record);
 		h.flags = (bare ? FLAG_BARE : 0) | (have_count ? FLAG_COUNT_LIMIT : 0) |
 			  (have_duration ? FLAG_DURATION_LIMIT : 0) | (stopped_by_time ? FLAG_STOPPED_BY_TIME : 0) |
-			  (rseq_area && !bare ? FLAG_VCPU_RSEQ : 0);
+			  (rseq_area && !bare ? FLAG_VCPU_RSEQ : 0) | (interleave ? FLAG_INTERLEAVED : 0);
 		h.mode = (uint32_t)mode;
 		h.syscall_nr = (int32_t)nr;
 		h.pinned_vcpu = vcpu;
@@ -433,8 +503,8 @@ int main(int argc, char **argv)
 		h.requested_duration_ns = have_duration ? seconds_ns : 0;
 		h.calls = calls;
 		h.n_records = bare ? 0 : calls;
-		h.start_ns = start;
-		h.end_ns = end;
+		h.start_ns = to_ns(start);
+		h.end_ns = to_ns(end);
 
 		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 		int bad = fd < 0 || write_all(fd, &h, sizeof(h));
@@ -452,12 +522,22 @@ int main(int argc, char **argv)
 		}
 	}
 
-	uint64_t elapsed = end - start;
-	double rate = elapsed ? (double)calls * 1e9 / (double)elapsed : 0.0;
+	uint64_t elapsed = span_ns(end - start);
+	/* interleaved: the recorded rate is over the recorded blocks only */
+	uint64_t rec_ns = interleave ? span_ns(rec_ticks) : elapsed;
+	double rate = rec_ns ? (double)calls * 1e9 / (double)rec_ns : 0.0;
 	printf("{\"calls\": %" PRIu64 ", \"elapsed_ns\": %" PRIu64 ", \"calls_per_s\": %.1f, \"mode\": \"%s\", "
-	       "\"bare\": %s, \"syscall_nr\": %ld, \"vcpu\": %d, \"stopped_by_time\": %s, \"vcpu_source\": \"%s\"}\n",
+	       "\"bare\": %s, \"syscall_nr\": %ld, \"vcpu\": %d, \"stopped_by_time\": %s, \"vcpu_source\": \"%s\", "
+	       "\"clock\": \"cntvct\", \"tick_hz\": %" PRIu64,
 	       calls, elapsed, rate, mode == MODE_HOSTCPUID ? "hostcpuid" : "getppid", bare ? "true" : "false", nr,
-	       vcpu, stopped_by_time ? "true" : "false", bare ? "none" : rseq_area ? "rseq" : "getcpu");
+	       vcpu, stopped_by_time ? "true" : "false", bare ? "none" : rseq_area ? "rseq" : "getcpu", tick_hz);
+	if (interleave) {
+		uint64_t bare_ns = span_ns(bare_ticks);
+		double bare_rate = bare_ns ? (double)bare_calls * 1e9 / (double)bare_ns : 0.0;
+		printf(", \"bare_calls\": %" PRIu64 ", \"bare_calls_per_s\": %.1f, \"overhead_pct\": %.2f", bare_calls,
+		       bare_rate, bare_rate > 0 ? 100.0 * (bare_rate - rate) / bare_rate : 0.0);
+	}
+	printf("}\n");
 	fflush(stdout);
 	return 0;
 }

@@ -27,6 +27,7 @@ FLAG_COUNT_LIMIT = 2
 FLAG_DURATION_LIMIT = 4
 FLAG_STOPPED_BY_TIME = 8
 FLAG_VCPU_RSEQ = 16
+FLAG_INTERLEAVED = 32  # bare blocks ran between the recorded ones (--interleave-bare)
 
 MAX_PCPU = 4096
 ENOSYS = 38

@@ -53,10 +53,13 @@ def workload_argv(
     out: Optional[str] = "/tmp/trace.bin",
     binary: str = GUEST_PATH,
     getcpu_syscall: bool = False,
+    interleave_bare: Optional[int] = None,
 ) -> List[str]:
     """argv to run the workload in the guest.  ``syscall_nr`` is required in hostcpuid mode
     (the kernel profile's number: 436 on v5.4, 451 on 6.1).  ``getcpu_syscall`` reads the
-    vCPU with the getcpu syscall after each call instead of from glibc's rseq area."""
+    vCPU with the getcpu syscall after each call instead of from glibc's rseq area.
+    ``interleave_bare=B`` runs B bare calls after every B recorded ones and reports both
+    rates and the recording overhead from that one run (needs ``count``, no ``duration``)."""
     stage = "workload-args"
 
     def bad(msg: str) -> WorkloadError:
@@ -92,6 +95,13 @@ def workload_argv(
         argv.append("--bare")
     if getcpu_syscall:
         argv.append("--getcpu")
+    if interleave_bare is not None:
+        if isinstance(interleave_bare, bool) or not isinstance(interleave_bare, int) \
+                or not 1 <= interleave_bare <= MAX_COUNT:
+            raise bad(f"interleave_bare must be an integer in 1..{MAX_COUNT}, not {interleave_bare!r}")
+        if bare or count is None or duration is not None:
+            raise bad("interleave_bare needs a count, and neither a duration nor bare")
+        argv += ["--interleave-bare", str(interleave_bare)]
     if out is not None:
         if not isinstance(out, str) or not out:
             raise bad(f"out must be a non-empty path, not {out!r}")

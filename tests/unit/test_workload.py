@@ -11,6 +11,11 @@ def test_argv_full():
                     "-s", "451", "-o", "/tmp/x.bin"]
 
 
+def test_argv_interleaved_bare():
+    argv = wl.workload_argv(count=4000, syscall_nr=436, interleave_bare=500, out="/tmp/o.bin")
+    assert argv[-4:] == ["--interleave-bare", "500", "-o", "/tmp/o.bin"]
+
+
 def test_argv_getppid_and_bare():
     assert wl.workload_argv(count=10, mode="getppid", bare=True, out=None) == [
         "/usr/bin/hostcpuid-trace", "-m", "getppid", "-n", "10", "--bare"]
@@ -32,6 +37,11 @@ def test_argv_getppid_and_bare():
     (dict(count=5, mode="getpid"), "mode"),
     (dict(count=5, mode="getppid", syscall_nr=451), "contradicts"),
     (dict(count=5, syscall_nr=451, out=None), "out is required"),
+    (dict(count=5, syscall_nr=451, interleave_bare=0), "interleave_bare"),
+    (dict(count=5, syscall_nr=451, interleave_bare=True), "interleave_bare"),
+    (dict(count=5, syscall_nr=451, interleave_bare=2, duration=1.0), "neither a duration"),
+    (dict(count=5, syscall_nr=451, interleave_bare=2, bare=True, out=None), "neither a duration nor bare"),
+    (dict(duration=1.0, syscall_nr=451, interleave_bare=2), "needs a count"),
 ])
 def test_argv_rejects(kw, match):
     with pytest.raises(WorkloadError, match=match) as e:

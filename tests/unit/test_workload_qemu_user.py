@@ -36,6 +36,26 @@ def test_getppid_trace(binary, tmp_path):
     assert set(t.ret) == {os.getpid()}
     assert all(a <= b for a, b in zip(t.t_ns, t.t_ns[1:]))
     assert min(t.vcpu) >= 0
+    # timestamps are CLOCK_MONOTONIC nanoseconds (read from the counter, converted after the loop)
+    import time
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    assert now - 60e9 < t.t_ns[0] <= t.t_ns[-1] <= now
+    assert t.start_ns <= t.t_ns[0] and t.t_ns[-1] <= t.end_ns
+    assert all(0 <= lat < 1e9 for lat in t.lat_ns)
+    assert s["clock"] == "cntvct" and s["tick_hz"] > 0
+
+
+def test_interleaved_bare_blocks_measure_the_overhead_in_one_run(binary, tmp_path):
+    out = tmp_path / "trace.bin"
+    p = run(binary, wl.workload_argv(count=3000, mode="getppid", out=str(out), interleave_bare=500))
+    assert p.returncode == 0, p.stderr
+    s = wl.parse_summary_line(p.stdout)
+    assert s["calls"] == 3000 and s["bare_calls"] == 3000
+    assert s["bare_calls_per_s"] > 0 and s["calls_per_s"] > 0
+    expected = 100 * (s["bare_calls_per_s"] - s["calls_per_s"]) / s["bare_calls_per_s"]
+    assert abs(s["overhead_pct"] - expected) < 0.01
+    t = tr.read_trace(out)
+    assert len(t) == 3000 and list(t.seq) == list(range(3000))  # only recorded calls are records
 
 
 def test_unknown_syscall_returns_raw_enosys(binary, tmp_path):
@@ -71,6 +91,8 @@ def test_allocation_failure_is_reported(binary, tmp_path):
 
 
 @pytest.mark.parametrize("args,code", [(["-n", "0", "-o", "x"], 2), (["-n", "5", "-o", "x"], 2),
+                                       (["-m", "getppid", "-d", "1", "--interleave-bare", "5", "-o", "x"], 2),
+                                       (["-m", "getppid", "-n", "5", "--interleave-bare", "0", "-o", "x"], 2),
                                        (["-m", "getppid", "-n", "5", "-c", "999", "-o", "x"], 3),
                                        (["-m", "getppid", "-n", "5", "-o", "/nonexistent/dir/x"], 5)])
 def test_bad_arguments_exit_nonzero(binary, args, code):

@@ -13,8 +13,10 @@ from typing import Dict, List, Optional
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from . import console
 from .deadline import Deadline
 from .errors import BootError, GuestCommandError, InfraError, StageTimeout
+from .images import READY_L2
 from .ssh import Session
 
 # ports inside L1 (an isolated machine: fixed numbers are fine there)
@@ -59,6 +61,7 @@ class Guest:
         self.launched_at = 0.0
         self.pid: Optional[int] = None
         self._sessions: List[Session] = []
+        self.timings: Dict[str, float] = {}  # seconds after launch: qemu_started_s, qmp_s
 
     def launch(self, deadline: Deadline) -> None:
         argv = self.spec.argv()
@@ -70,8 +73,10 @@ class Guest:
             raise BootError(f"{deadline.stage}: L2's QEMU did not start in L1 (exit {res.rc}): "
                             f"{(res.err or res.out).strip().splitlines()[-1:] or ''}", stage=deadline.stage,
                             tail=res.out + res.err, reproduce=" ".join(argv), kind="subject")
+        self.timings["qemu_started_s"] = round(time.monotonic() - self.launched_at, 2)  # -daemonize returned
         self.pid = int(self.l1_ssh.run(["cat", f"{RUN}/qemu.pid"]).out.strip())
         self._connect_qmp(deadline)
+        self.timings["qmp_s"] = round(time.monotonic() - self.launched_at, 2)
         kvm = self.qmp.cmd("query-kvm")
         if not (kvm.get("enabled") and kvm.get("present")):
             raise InfraError(f"{deadline.stage}: L2 is not running with KVM (query-kvm: {kvm})", stage=deadline.stage)
@@ -107,7 +112,32 @@ class Guest:
         res = self.l1_ssh.run(["cat", f"{RUN}/console.log"], check=False)
         return res.out
 
+    def wait_ready(self, deadline: Deadline, poll: float = 0.2) -> None:
+        """Wait for L2's init to print the ready line (dropbear listens) on its console file.
+        Connecting earlier costs seconds: L1's slirp holds a connection to a guest that is
+        not up yet and retransmits its SYN with growing back-off."""
+        while True:
+            text = self.console_text()
+            if READY_L2 in text:
+                self.timings["ready_s"] = round(time.monotonic() - self.launched_at, 2)
+                return
+            fatal = [f for f in console.scan(text) if f.fatal]
+            if fatal:
+                raise BootError(f"{deadline.stage}: L2's kernel crashed: {fatal[0].line}", stage=deadline.stage,
+                                tail=text[-4000:], kind="subject")
+            if "HARNESS-ERROR" in text:
+                line = next(ln for ln in text.splitlines() if "HARNESS-ERROR" in ln)
+                raise BootError(f"{deadline.stage}: {line.strip()}", stage=deadline.stage, tail=text[-4000:])
+            reason = self.exit_reason()
+            if reason:
+                raise BootError(f"{deadline.stage}: {reason}", stage=deadline.stage, tail=text[-4000:])
+            if deadline.expired():
+                raise StageTimeout(f"{deadline.stage}: L2 did not print {READY_L2!r} within "
+                                   f"{deadline.elapsed():.0f} s", stage=deadline.stage, tail=text[-4000:])
+            time.sleep(poll)
+
     def ssh(self, deadline: Deadline) -> Session:
+        self.wait_ready(deadline)
         s = Session.wait("l2", "127.0.0.1", self.l1.ports["l2-ssh"], self.l1.identity.client_key,
                          self.l1.identity.host_pub, deadline, abort=self.exit_reason,
                          tail=lambda: self.console_text()[-4000:], log=self.run_dir / "ssh.log")

@@ -140,6 +140,7 @@ class Stack:
         self.l2.launch(Deadline(L2_LAUNCH_S, "l2-launch"))
         self.l2_ssh = self.l2.ssh(Deadline(L2_SSH_S, "l2-ssh"))
         self.timings["l2_ssh_s"] = round(time.monotonic() - self.l2.launched_at, 2)
+        self.timings.update({f"l2_{k}": v for k, v in self.l2.timings.items()})
         self.progress(f"L2 up: SSH {self.timings['l2_ssh_s']} s after launch")
 
     def kernel_findings(self) -> List[dict]:

@@ -294,3 +294,49 @@ def test_cache_dir_command(capsys, keep_sigterm, tmp_path, monkeypatch):
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "c"))
     assert cli.main(["cache-dir"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "c")
+
+
+# -- L2 readiness: the console file in L1 ----------------------------------------------------
+
+class FakeGuest(nested.Guest):
+    """Guest.wait_ready with L1's side replaced by a script of console texts."""
+
+    def __init__(self, texts, exit_after=None):
+        self.texts, self.calls, self.exit_after = list(texts), 0, exit_after
+        self.launched_at, self.timings = 0.0, {}
+
+    def console_text(self):
+        self.calls += 1
+        return self.texts[min(self.calls, len(self.texts)) - 1]
+
+    def exit_reason(self):
+        return "L2's QEMU exited inside L1" if self.exit_after and self.calls >= self.exit_after else None
+
+
+def _deadline(seconds=5.0):
+    from harness.deadline import Deadline
+    return Deadline(seconds, "l2-ssh")
+
+
+def test_l2_ready_line_ends_the_wait():
+    g = FakeGuest(["", "[ 1.0] booting\n", "HARNESS-READY l2\n"])
+    g.wait_ready(_deadline(), poll=0)
+    assert g.calls == 3 and "ready_s" in g.timings
+
+
+@pytest.mark.parametrize("texts,exit_after,match", [
+    (["[ 2.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n"], None, "L2's kernel crashed: .*Kernel panic"),
+    (["HARNESS-ERROR l2: dropbear is not listening\n"], None, "dropbear is not listening"),
+    (["[ 1.0] booting\n"], 2, "QEMU exited inside L1"),
+])
+def test_l2_not_ready_is_a_named_boot_error(texts, exit_after, match):
+    from harness.errors import BootError
+    with pytest.raises(BootError, match=match) as ei:
+        FakeGuest(texts, exit_after).wait_ready(_deadline(), poll=0)
+    assert ei.value.stage == "l2-ssh" and ei.value.tail is not None
+
+
+def test_l2_silent_until_the_deadline_is_a_timeout():
+    from harness.errors import StageTimeout
+    with pytest.raises(StageTimeout, match="did not print 'HARNESS-READY l2'"):
+        FakeGuest(["[ 1.0] booting\n"]).wait_ready(_deadline(0.05), poll=0.01)

@@ -117,7 +117,9 @@ def main() -> int:
     rb = fig["rebuild_one_line"]
     print(f"rebuild after one-line patch:     {rb.get('seconds')} s ({rb.get('compiled_files')} files)")
     print(f"L1 boot to SSH:                   {r['boot'].get('l1_ssh_s')} s")
-    print(f"L2 launch to SSH:                 {r['boot'].get('l2_ssh_s')} s")
+    b = r["boot"]
+    print(f"L2 launch to SSH:                 {b.get('l2_ssh_s')} s (QEMU up {b.get('l2_qemu_started_s')} s, "
+          f"QMP {b.get('l2_qmp_s')} s, ready line {b.get('l2_ready_s')} s)")
     m = r["median_calls_per_s"]
     print(f"host_cpuid calls/s (recorded):    {m['hostcpuid_recorded']}  (bare {m['hostcpuid_bare']})")
     print(f"getppid calls/s (recorded):       {m['getppid_recorded']}  (bare {m['getppid_bare']})")

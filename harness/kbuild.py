@@ -265,11 +265,13 @@ class Builder:
                         f.write(f"# profile {self.profile.name}: {note}\n")
                 meta["patch_mode"] = self._checkout(patch, log)
                 self._configure(log)
-                counter = {"n": 0, "t": time.monotonic()}
+                counter = {"n": 0, "warnings": 0, "t": time.monotonic()}
 
                 def on_line(line: str) -> None:
                     if line.startswith("  CC"):
                         counter["n"] += 1
+                    elif "warning: " in line:
+                        counter["warnings"] += 1
                     if time.monotonic() - counter["t"] > 15:
                         counter["t"] = time.monotonic()
                         self.progress(f"  ... {role} kernel: {counter['n']} files compiled, "
@@ -291,8 +293,10 @@ class Builder:
                     shutil.copyfile(build / "System.map", tmp / "System.map")
             meta["seconds"] = round(time.monotonic() - t0, 1)
             meta["compiled_files"] = counter["n"]
+            meta["compiler_warnings"] = counter["warnings"]  # old trees with today's gcc: many, none fatal
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            self.progress(f"{label}: built in {meta['seconds']} s ({counter['n']} files compiled)")
+            self.progress(f"{label}: built in {meta['seconds']} s ({counter['n']} files compiled, "
+                          f"{counter['warnings']} compiler warnings; see build.log)")
 
         try:
             path = entry.ensure(do_build)

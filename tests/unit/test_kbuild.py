@@ -86,7 +86,8 @@ $(IMAGE): $(OBJS) FORCE
 \t  cat $(OBJS) > $@ && echo "  LD      $@"
 
 $(O)/obj/%.o: %.c
-\t@mkdir -p $(dir $@) && echo "  CC      $<" && cp $< $@
+\t@mkdir -p $(dir $@) && echo "  CC      $<" && cp $< $@ && \\
+\t  case $< in *blk.c) echo "$<:1:1: warning: old code, new compiler [-Wfake]";; esac
 """
 
 PRISTINE = {
@@ -237,6 +238,7 @@ def test_build_cache_worktree_and_no_cross_contamination(env):
     assert not a1.cached
     assert image_of(a1) == PRISTINE_IMAGE.replace("kvm v1", "kvm PATCH-A")
     assert a1.meta["compiled_files"] == 5 and a1.meta["patch_mode"] == "exact"
+    assert a1.meta["compiler_warnings"] == 1  # blk.c's, counted and kept in the log
     assert a1.meta["patch"] == "a.patch" and a1.meta["patch_sha256"] == PATCH_A.sha256
     assert a1.meta["compiler"] == "fake-gcc 1.0" and a1.meta["version"] == "6.1.99"
     assert "make -C" in a1.meta["reproduce"] and "Image" in a1.meta["reproduce"]

@@ -33,7 +33,7 @@ unit:
 	$(PYTHON) -m pytest -q
 
 e2e:
-	$(PYTHON) -m pytest -q -m e2e
+	$(PYTHON) -m pytest -q -rs -m e2e
 
 test: setup unit e2e
 

@@ -239,11 +239,12 @@ def _compare(stack: Stack, v: int, sc: Scenario, nr: int) -> dict:
     """host_cpuid next to getppid on the same vCPU, each run with bare blocks interleaved
     between its recorded blocks: both rates and the recording overhead come from one run."""
     out = {}
-    block = max(1, min(1000, sc.calls // 20))
-    for mode in ("hostcpuid", "getppid"):
-        argv = workload.workload_argv(count=sc.calls, vcpu=v, syscall_nr=nr if mode == "hostcpuid" else None,
-                                      mode=mode, out=f"/tmp/cmp-{mode}.bin", interleave_bare=block)
-        res = stack.l2_ssh.run(argv, timeout=sc.calls * 0.01 + 60, stage="compare")
+    # long enough to rise above timer noise: getppid is ~30x faster than host_cpuid
+    calls = max(sc.calls, 5000)
+    for mode, n in (("hostcpuid", calls), ("getppid", calls * 20)):
+        argv = workload.workload_argv(count=n, vcpu=v, syscall_nr=nr if mode == "hostcpuid" else None,
+                                      mode=mode, out=f"/tmp/cmp-{mode}.bin", interleave_bare=max(1, n // 50))
+        res = stack.l2_ssh.run(argv, timeout=n * 0.01 + 60, stage="compare")
         s = workload.parse_summary_line(res.out)
         out[f"{mode}_recorded_calls_per_s"] = round(s["calls_per_s"], 1)
         out[f"{mode}_bare_calls_per_s"] = round(s["bare_calls_per_s"], 1)

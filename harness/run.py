@@ -137,8 +137,14 @@ class Stack:
         self.l2 = Guest(GuestSpec(cpus=cfg.l2.cpus, memory_mb=cfg.l2.memory_mb, append=cfg.l2.append),
                         self.l1, self.l1_ssh, self.run_dir)
         self.progress(f"launching L2 inside L1 (KVM, {cfg.l2.cpus} vCPUs)")
-        self.l2.launch(Deadline(L2_LAUNCH_S, "l2-launch"))
-        self.l2_ssh = self.l2.ssh(Deadline(L2_SSH_S, "l2-ssh"))
+        try:
+            self.l2.launch(Deadline(L2_LAUNCH_S, "l2-launch"))
+            self.l2_ssh = self.l2.ssh(Deadline(L2_SSH_S, "l2-ssh"))
+        except HarnessError as e:
+            cmdline = self.run_dir / "l2-qemu.cmdline"
+            annotate_l2_failure(e, self.l1.console.text(), self.l1.console_log,
+                                cmdline.read_text().strip() if cmdline.exists() else None)
+            raise
         self.timings["l2_ssh_s"] = round(time.monotonic() - self.l2.launched_at, 2)
         self.timings.update({f"l2_{k}": v for k, v in self.l2.timings.items()})
         self.progress(f"L2 up: SSH {self.timings['l2_ssh_s']} s after launch")
@@ -177,6 +183,20 @@ class Stack:
         if self.l1 is not None:
             self.l1.shutdown()
             self.l1 = None
+
+
+def annotate_l2_failure(e: HarnessError, l1_console: str, l1_console_log: Path, l2_cmdline: Optional[str]) -> None:
+    """L2 failing to start is often L1's kernel failing under it (a hypervisor that
+    crashes at EL2 on the first KVM_RUN leaves L1 stalled): say what L1's console
+    shows, and attach its tail when the error has none."""
+    findings = scan(l1_console)
+    if findings:
+        e.message += "; L1's console: " + " | ".join(f.line for f in findings[:2])
+    if not e.tail:
+        e.tail = "\n".join(l1_console.splitlines()[-60:])
+        e.log = e.log or l1_console_log
+    if not e.reproduce and l2_cmdline:
+        e.reproduce = f"in L1 (ssh -p <l1-ssh port> root@127.0.0.1): {l2_cmdline}"
 
 
 def _start_load(l1_ssh, n: int) -> List[int]:

@@ -340,3 +340,24 @@ def test_l2_silent_until_the_deadline_is_a_timeout():
     from harness.errors import StageTimeout
     with pytest.raises(StageTimeout, match="did not print 'HARNESS-READY l2'"):
         FakeGuest(["[ 1.0] booting\n"]).wait_ready(_deadline(0.05), poll=0.01)
+
+
+def test_l2_failure_is_annotated_with_what_l1_printed(tmp_path):
+    from harness.errors import StageTimeout
+    console = "".join(f"[ {i}.0] line {i}\n" for i in range(100)) + (
+        "[ 90.504755] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+        "[ 90.512601] CPU 0/KVM       R  running task        0    80      1 0x00000002\n")
+    e = StageTimeout("l1: `qemu-system-aarch64 ...` did not finish within 60 s", stage="l2-launch")
+    run.annotate_l2_failure(e, console, tmp_path / "l1-console.log", "qemu-system-aarch64 -accel kvm")
+    assert e.message.endswith("; L1's console: [ 90.504755] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:")
+    assert e.tail.splitlines()[-1].startswith("[ 90.512601] CPU 0/KVM") and len(e.tail.splitlines()) == 60
+    assert e.log == tmp_path / "l1-console.log"
+    assert "qemu-system-aarch64 -accel kvm" in e.reproduce and e.stage == "l2-launch"
+    assert "L1's console" in e.render() and "CPU 0/KVM" in e.render()
+
+
+def test_l2_failure_keeps_its_own_tail_and_a_quiet_l1_adds_nothing(tmp_path):
+    from harness.errors import BootError
+    e = BootError("l2-ssh: L2's kernel crashed: x", stage="l2-ssh", tail="L2 console tail", reproduce="r")
+    run.annotate_l2_failure(e, "[ 1.0] all quiet\n", tmp_path / "l1.log", "qemu")
+    assert (e.message, e.tail, e.reproduce, e.log) == ("l2-ssh: L2's kernel crashed: x", "L2 console tail", "r", None)

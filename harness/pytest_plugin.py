@@ -40,8 +40,31 @@ def pytest_addoption(parser):
                 help="where e2e run directories are kept (default: runs/e2e)")
 
 
+_capture = None          # pytest's capture manager, set in pytest_configure
+_mid_line = False        # pytest may have written a '.' since our last line
+
+
+def pytest_configure(config):
+    global _capture
+    _capture = config.pluginmanager.getplugin("capturemanager")
+
+
+def pytest_runtest_logreport(report):
+    global _mid_line
+    _mid_line = True
+
+
 def _progress(msg: str) -> None:
-    print(f"[harness {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    """Progress straight to the terminal: pytest captures fixture output, and a cold e2e
+    session spends minutes building kernels that a CI log should show as they go."""
+    global _mid_line
+    line = f"[harness {time.strftime('%H:%M:%S')}] {msg}"
+    if _capture is None:
+        print(line, flush=True)
+        return
+    with _capture.global_and_fixture_disabled():
+        print(("\n" if _mid_line else "") + line, flush=True)
+    _mid_line = False
 
 
 @pytest.fixture(scope="session")

@@ -222,3 +222,12 @@ def smccc_ids(patch_text: str) -> list:
         owner = owners[owner] if owner in owners else int(owner, 0)
         out.append((fast == "FAST") << 31 | (conv == "64") << 30 | owner << 24 | int(fn, 0))
     return out
+
+
+def test_common_fragment_turns_on_the_preemption_checks():
+    """The run's kernel-bug verdict rests on these: without them an unsafe handler is silent."""
+    from harness.kbuild import requested_symbols
+    wanted = requested_symbols(profiles.COMMON_FRAGMENT.read_text())
+    for sym in ("CONFIG_PREEMPT", "CONFIG_DEBUG_KERNEL", "CONFIG_DEBUG_PREEMPT", "CONFIG_DEBUG_ATOMIC_SLEEP",
+                "CONFIG_KVM", "CONFIG_PRINTK"):
+        assert wanted.get(sym) == "y", sym

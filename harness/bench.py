@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import config, kbuild, profiles, run, sources, workload
+from . import config, kbuild, profiles, run, sources
 from .patches import Patch
 
 
@@ -59,13 +59,8 @@ def call_rates(cfg: config.Config, repeat: int, calls: int) -> dict:
     with run.Stack(cfg, art, run_dir, _quiet) as stack:
         boots = dict(stack.timings)
         stack.l2.pin({0: 3 % cfg.l1.cpus})
-        nr = art.profile.syscall_nr
         for _ in range(repeat):
-            for mode, n in (("hostcpuid", calls), ("getppid", calls * 20)):  # getppid is ~30x faster
-                argv = workload.workload_argv(count=n, vcpu=0, syscall_nr=nr if mode == "hostcpuid" else None,
-                                              mode=mode, out="/tmp/bench.bin", interleave_bare=max(1, n // 50))
-                res = stack.l2_ssh.run(argv, timeout=n * 0.01 + 60)
-                s = workload.parse_summary_line(res.out)
+            for mode, s in run.call_rates(stack, 0, calls, art.profile.syscall_nr).items():
                 for k in keys:
                     samples[mode][k].append(s[k])
     med = {f"{m}_{'bare' if k.startswith('bare') else 'recorded'}": round(statistics.median(samples[m][k]), 1)
@@ -85,7 +80,7 @@ def main() -> int:
     args = p.parse_args()
     cfg = config.load(args.config)
     if args.kernel_tree:
-        cfg = config.override(cfg, ["kernel.source=path", f"kernel.path={json.dumps(str(Path(args.kernel_tree).resolve()))}"])
+        cfg = config.override(cfg, config.tree_assignments(args.kernel_tree))
     fig: dict = {"machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
                  "kernel": cfg.kernel.path if cfg.kernel.source == "path" else cfg.kernel.source}
     if args.cold:

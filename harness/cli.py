@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import analysis, cache, config
+from . import analysis, cache, config, sources
 from .errors import INPUT, HarnessError
 
 ENV_TREE = "KVM_HARNESS_KERNEL_TREE"
@@ -26,12 +26,12 @@ def _config(args) -> config.Config:
     if tree and args.kernel_git:
         raise config.ConfigError("--kernel-tree and --kernel-git name two different trees: give one")
     if tree:
-        sets += ["kernel.source=path", f"kernel.path={json.dumps(str(Path(tree).resolve()))}"]
+        sets += config.tree_assignments(tree)
     if args.kernel_git:
         if not args.kernel_ref:
             raise config.ConfigError("--kernel-git needs --kernel-ref (a tag, branch or commit, e.g. v5.4)")
         url = args.kernel_git
-        if "://" not in url and not url.startswith("git@") and Path(url).expanduser().exists():
+        if sources.is_local_repository(url):
             url = str(Path(url).expanduser().resolve())
         sets += ["kernel.source=git", "kernel.git=" + json.dumps({"url": url, "ref": args.kernel_ref})]
     elif args.kernel_ref:

@@ -6,6 +6,7 @@ unknown key is an error, not silently ignored (a typo must not run the defaults)
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,11 @@ def load(path: Union[str, Path, None] = None) -> Config:
         loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}:{loc} not valid YAML: {getattr(e, 'problem', e)}") from None
     return from_dict(data, str(path))
+
+
+def tree_assignments(tree: Union[str, Path]) -> List[str]:
+    """The override() assignments that point the kernel source at a directory (absolute)."""
+    return ["kernel.source=path", f"kernel.path={json.dumps(str(Path(tree).expanduser().resolve()))}"]
 
 
 def override(cfg: Config, assignments: List[str]) -> Config:

@@ -24,6 +24,7 @@ L2_SSH_PORT = 2222
 L2_QMP_PORT = 4444
 L1_FORWARDS = {"ssh": 22, "l2-ssh": L2_SSH_PORT, "l2-qmp": L2_QMP_PORT}
 RUN = "/run/l2"
+QEMU_EXITED = "L2's QEMU exited inside L1"
 
 
 @dataclass
@@ -105,7 +106,7 @@ class Guest:
         if self.pid is not None:
             res = self.l1_ssh.run(["kill", "-0", str(self.pid)], check=False)
             if res.rc != 0:
-                return "L2's QEMU exited inside L1"
+                return QEMU_EXITED
         return None
 
     def console_text(self) -> str:
@@ -117,7 +118,9 @@ class Guest:
         Connecting earlier costs seconds: L1's slirp holds a connection to a guest that is
         not up yet and retransmits its SYN with growing back-off."""
         while True:
-            text = self.console_text()
+            # one round trip per poll: the console so far, and whether L2's QEMU still runs
+            res = self.l1_ssh.run(["sh", "-c", f"cat {RUN}/console.log; kill -0 {self.pid}"], check=False)
+            text = res.out
             if READY_L2 in text:
                 self.timings["ready_s"] = round(time.monotonic() - self.launched_at, 2)
                 return
@@ -128,7 +131,7 @@ class Guest:
             if "HARNESS-ERROR" in text:
                 line = next(ln for ln in text.splitlines() if "HARNESS-ERROR" in ln)
                 raise BootError(f"{deadline.stage}: {line.strip()}", stage=deadline.stage, tail=text[-4000:])
-            reason = self.exit_reason()
+            reason = self.l1.exit_reason() or (None if res.rc == 0 else QEMU_EXITED)
             if reason:
                 raise BootError(f"{deadline.stage}: {reason}", stage=deadline.stage, tail=text[-4000:])
             if deadline.expired():

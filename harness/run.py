@@ -141,9 +141,7 @@ class Stack:
             self.l2.launch(Deadline(L2_LAUNCH_S, "l2-launch"))
             self.l2_ssh = self.l2.ssh(Deadline(L2_SSH_S, "l2-ssh"))
         except HarnessError as e:
-            cmdline = self.run_dir / "l2-qemu.cmdline"
-            annotate_l2_failure(e, self.l1.console.text(), self.l1.console_log,
-                                cmdline.read_text().strip() if cmdline.exists() else None)
+            annotate_l2_failure(e, self.l1.console.text(), self.l1.console_log, " ".join(self.l2.spec.argv()))
             raise
         self.timings["l2_ssh_s"] = round(time.monotonic() - self.l2.launched_at, 2)
         self.timings.update({f"l2_{k}": v for k, v in self.l2.timings.items()})
@@ -255,17 +253,25 @@ def run_scenario(stack: Stack, sc: Scenario, out_dir: Path, progress: Progress =
             "vcpu_threads": {str(k): t for k, t in threads.items()}, "per_vcpu": per_vcpu, "compare": compare}
 
 
-def _compare(stack: Stack, v: int, sc: Scenario, nr: int) -> dict:
-    """host_cpuid next to getppid on the same vCPU, each run with bare blocks interleaved
-    between its recorded blocks: both rates and the recording overhead come from one run."""
+def call_rates(stack: Stack, v: int, calls: int, nr: int) -> Dict[str, dict]:
+    """host_cpuid (``calls`` calls) next to getppid (20x as many: it is ~30x faster) on vCPU
+    v, each run with bare blocks interleaved between its recorded blocks, so both rates and
+    the recording overhead come from one run.  Per mode, the workload's summary line
+    (calls_per_s, bare_calls_per_s, overhead_pct, ...)."""
     out = {}
-    # long enough to rise above timer noise: getppid is ~30x faster than host_cpuid
-    calls = max(sc.calls, 5000)
     for mode, n in (("hostcpuid", calls), ("getppid", calls * 20)):
         argv = workload.workload_argv(count=n, vcpu=v, syscall_nr=nr if mode == "hostcpuid" else None,
-                                      mode=mode, out=f"/tmp/cmp-{mode}.bin", interleave_bare=max(1, n // 50))
-        res = stack.l2_ssh.run(argv, timeout=n * 0.01 + 60, stage="compare")
-        s = workload.parse_summary_line(res.out)
+                                      mode=mode, out=f"/tmp/rates-{mode}.bin", interleave_bare=max(1, n // 50))
+        res = stack.l2_ssh.run(argv, timeout=n * 0.01 + 60, stage="call-rates")
+        out[mode] = workload.parse_summary_line(res.out)
+    return out
+
+
+def _compare(stack: Stack, v: int, sc: Scenario, nr: int) -> dict:
+    """The scenario's `compare: true`: call_rates() flattened into the summary."""
+    out = {}
+    # long enough to rise above timer noise
+    for mode, s in call_rates(stack, v, max(sc.calls, 5000), nr).items():
         out[f"{mode}_recorded_calls_per_s"] = round(s["calls_per_s"], 1)
         out[f"{mode}_bare_calls_per_s"] = round(s["bare_calls_per_s"], 1)
         out[f"{mode}_overhead_pct"] = round(s["overhead_pct"], 2)

@@ -42,24 +42,28 @@ def _git_out(args, cwd=None) -> str:
     return p.stdout
 
 
-def _tarball_identity(tarball: Path) -> str:
-    """sha256 of the tarball, remembered by (size, mtime) so it is hashed once."""
-    st = tarball.stat()
-    memo = cache.cache_root() / "sources" / "tarball-digests.json"
-    stamp = f"{tarball.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    known = {}
-    if memo.exists():
-        try:
-            known = json.loads(memo.read_text())
-        except ValueError:
-            known = {}
+def _remembered_digest(memo_name: str, stamp: str, compute: Callable[[], str]) -> str:
+    """compute() once per stamp (a cheap description of the input, e.g. size and mtime);
+    the results are kept in the cache's sources/<memo_name>."""
+    memo = cache.cache_root() / "sources" / memo_name
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
     if stamp not in known:
-        known[stamp] = cache.file_digest(tarball)
+        known[stamp] = compute()
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(known, indent=1))
         os.replace(tmp, memo)
-    return "sha256:" + known[stamp]
+    return known[stamp]
+
+
+def _tarball_identity(tarball: Path) -> str:
+    """sha256 of the tarball, remembered by (size, mtime) so it is hashed once."""
+    st = tarball.stat()
+    stamp = f"{tarball.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return "sha256:" + _remembered_digest("tarball-digests.json", stamp, lambda: cache.file_digest(tarball))
 
 
 def _walk(tree: Path):
@@ -104,20 +108,11 @@ def content_digest(tree: Path) -> str:
 def _tree_identity(tree: Path, progress: Progress) -> str:
     """content:<digest> of a non-git tree, hashed once per change (remembered by the stat
     fingerprint, so an untouched tree costs one walk)."""
-    stamp = _stat_fingerprint(tree)
-    memo = cache.cache_root() / "sources" / "tree-digests.json"
-    try:
-        known = json.loads(memo.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if stamp not in known:
+    def compute() -> str:
         progress(f"hashing the contents of {tree} (once per change of the tree)")
-        known[stamp] = content_digest(tree)
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, memo)
-    return "content:" + known[stamp]
+        return content_digest(tree)
+
+    return "content:" + _remembered_digest("tree-digests.json", _stat_fingerprint(tree), compute)
 
 
 def _git_state(path: Path) -> Tuple[str, str, List[str]]:
@@ -241,6 +236,11 @@ def resolve(cfg: Config, log_dir: Path, progress: Progress = print) -> SourceTre
         return _from_path(cfg.resolve_path(k.path), log_dir, progress)
     assert k.git is not None
     url = k.git.url
-    if "://" not in url and not url.startswith("git@") and Path(url).expanduser().exists():
+    if is_local_repository(url):
         url = str(cfg.resolve_path(url))
     return _from_git(url, k.git.ref, log_dir, progress)
+
+
+def is_local_repository(url: str) -> bool:
+    """A git "URL" that is a directory on this machine (to be made absolute), not a remote."""
+    return "://" not in url and not url.startswith("git@") and Path(url).expanduser().exists()

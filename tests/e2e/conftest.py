@@ -32,6 +32,6 @@ def harness_config(request, harness_config):
     if not (tree / "Makefile").is_file():
         pytest.fail(f"{ENV_TREE}={tree}: not a kernel tree (no Makefile)")
     output = Path(harness_config.output) / "own-tree"
-    return config_mod.override(harness_config, [
-        "kernel.source=path", f"kernel.path='{tree}'", "kernel.profile=auto", f"output='{output}'",
+    return config_mod.override(harness_config, config_mod.tree_assignments(tree) + [
+        "kernel.profile=auto", f"output='{output}'",
     ])

@@ -1,7 +1,6 @@
 """The untrusted-process runner: timeout kills the whole group, limits apply."""
 from __future__ import annotations
 
-import os
 import signal
 import time
 

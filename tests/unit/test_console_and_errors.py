@@ -1,12 +1,10 @@
 """harness/console.py (crash signatures, Console on a real local process) and
 harness/errors.py (rendering, tails)."""
-import os
 import time
-from pathlib import Path
 
 import pytest
 
-from harness import console, errors
+from harness import errors
 from harness.console import Console, scan
 from harness.deadline import Deadline
 from harness.errors import BootError, BuildError, HarnessError, StageTimeout, tail_of

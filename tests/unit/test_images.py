@@ -2,7 +2,6 @@
 import os
 import shutil
 import subprocess
-import gzip
 from pathlib import Path
 
 import pytest

@@ -2,7 +2,6 @@
 driven against a tiny fake kernel tree whose Makefile mimics kbuild's interface
 (``make -C src O=build ARCH=... allnoconfig|Image``)."""
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -302,15 +302,19 @@ class FakeGuest(nested.Guest):
     """Guest.wait_ready with L1's side replaced by a script of console texts."""
 
     def __init__(self, texts, exit_after=None):
+        from types import SimpleNamespace
         self.texts, self.calls, self.exit_after = list(texts), 0, exit_after
-        self.launched_at, self.timings = 0.0, {}
+        self.launched_at, self.timings, self.pid = 0.0, {}, 1234
+        self.l1 = SimpleNamespace(exit_reason=lambda: None)
+        self.l1_ssh = SimpleNamespace(run=self._l1_run)
 
-    def console_text(self):
+    def _l1_run(self, argv, check=True):
+        """`cat console.log; kill -0 PID` in L1: the text so far, rc 1 once QEMU is gone."""
+        from types import SimpleNamespace
+        assert argv[:2] == ["sh", "-c"] and "console.log" in argv[2] and "kill -0 1234" in argv[2]
         self.calls += 1
-        return self.texts[min(self.calls, len(self.texts)) - 1]
-
-    def exit_reason(self):
-        return "L2's QEMU exited inside L1" if self.exit_after and self.calls >= self.exit_after else None
+        gone = self.exit_after is not None and self.calls >= self.exit_after
+        return SimpleNamespace(out=self.texts[min(self.calls, len(self.texts)) - 1], rc=1 if gone else 0)
 
 
 def _deadline(seconds=5.0):

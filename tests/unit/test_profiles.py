@@ -123,27 +123,15 @@ def test_custom_root_selection_and_fields(tmp_path):
     assert profiles.select((5, 5, 3), "other", root=tmp_path).name == "other"
 
 
-def test_profile_unknown_key(tmp_path):
-    make_profile(tmp_path, "x", "name: x\nmatches: []\nsyscall_nr: 1\nhvc_func_id: 2\nsyscal: 3\n")
-    with pytest.raises(ConfigError, match="unknown key syscal"):
-        profiles.all_profiles(tmp_path)
-
-
-def test_profile_missing_key(tmp_path):
-    make_profile(tmp_path, "x", "name: x\nmatches: []\nhvc_func_id: 2\n")
-    with pytest.raises(ConfigError, match="missing key syscall_nr"):
-        profiles.all_profiles(tmp_path)
-
-
-def test_profile_bad_value(tmp_path):
-    make_profile(tmp_path, "x", "name: x\nmatches: []\nsyscall_nr: lots\nhvc_func_id: 2\n")
-    with pytest.raises(ConfigError, match="bad value"):
-        profiles.all_profiles(tmp_path)
-
-
-def test_profile_invalid_yaml(tmp_path):
-    make_profile(tmp_path, "x", "name: [x\n")
-    with pytest.raises(ConfigError, match="cannot load profile"):
+@pytest.mark.parametrize("body,message", [
+    ("name: x\nmatches: []\nsyscall_nr: 1\nhvc_func_id: 2\nsyscal: 3\n", "unknown key syscal"),
+    ("name: x\nmatches: []\nhvc_func_id: 2\n", "missing key syscall_nr"),
+    ("name: x\nmatches: []\nsyscall_nr: lots\nhvc_func_id: 2\n", "bad value"),
+    ("name: [x\n", "cannot load profile"),
+], ids=["unknown-key", "missing-key", "bad-value", "invalid-yaml"])
+def test_bad_profile_is_a_config_error(tmp_path, body, message):
+    make_profile(tmp_path, "x", body)
+    with pytest.raises(ConfigError, match=message):
         profiles.all_profiles(tmp_path)
 
 

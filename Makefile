@@ -1,13 +1,18 @@
 # kvm-hypercall-harness: every tool it needs comes from here (Debian packages + PyPI).
-#   make setup   install system packages and the Python package (idempotent, quick when done)
+#   make setup   install system packages and the harness in a virtual environment (.venv)
 #   make run     the main job on the embedded default (Debian linux-source-6.1)
 #   make test    unit tests, then the end-to-end tests (real QEMU, kernels, SSH)
 #   make bench   print the performance figures
+#
+# The Python side lives in .venv, made from the distribution's python3 (Debian's python
+# refuses system-wide pip installs, PEP 668).  Every target below uses .venv/bin/python;
+# `. .venv/bin/activate` puts `kvm-harness` on your PATH.
 
-PYTHON ?= python3
-APT_PACKAGES := qemu-system-arm qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
-	linux-source-6.1 xz-utils make flex bison bc libssl-dev libelf-dev cpio kmod ccache patch git \
-	mmdebstrap e2fsprogs debian-archive-keyring dropbear-bin openssh-client ca-certificates gcc
+SYSTEM_PYTHON ?= /usr/bin/python3
+VENV ?= $(CURDIR)/.venv
+PYTHON := $(VENV)/bin/python
+# the package list depends on the host architecture (no cross compiler on arm64)
+APT_PACKAGES = $(shell $(SYSTEM_PYTHON) $(CURDIR)/harness/hostarch.py apt-packages)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup setup-system setup-python run test unit e2e bench clean lab-test lab-grade
@@ -15,24 +20,29 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: setup-system setup-python
 
 setup-system:
+	@[ -x $(SYSTEM_PYTHON) ] || { echo "setup: $(SYSTEM_PYTHON) not found: apt-get install python3 (or make SYSTEM_PYTHON=...)"; exit 2; }
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "system packages: all present"; fi
 
-setup-python:
-	@cd / && $(PYTHON) -c 'import sys, harness, qemu.qmp, paramiko, pexpect, yaml, pytest; \
-	  sys.exit(harness.__file__ != "$(CURDIR)/harness/__init__.py")' 2>/dev/null \
-	  && echo "python package: installed" || $(PYTHON) -m pip install -q -e "$(CURDIR)"
+# (re)made when missing or when pyproject.toml changes
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(PYTHON) ] || { echo "creating $(VENV) from $(SYSTEM_PYTHON)"; $(SYSTEM_PYTHON) -m venv $(VENV); }
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e "$(CURDIR)[plot]"
+	@touch $@
+
+setup-python: $(VENV)/.installed
+	@echo "python package: installed in $(VENV)"
 
 run: setup
 	$(PYTHON) -m harness run
 
-unit:
+unit: setup-python
 	$(PYTHON) -m pytest -q
 
-e2e:
+e2e: setup-python
 	$(PYTHON) -m pytest -q -rs -m e2e
 
 test: setup unit e2e
@@ -40,12 +50,12 @@ test: setup unit e2e
 bench: setup
 	$(PYTHON) -m harness.bench
 
-clean:
+clean: setup-python
 	$(PYTHON) -m harness clean
 
 # The KVM-API lab (seed 003): x86 /dev/kvm, see docs/kvm-api-lab.md
-lab-test:
+lab-test: setup-python
 	$(PYTHON) -m pytest -q tests/kvmlab
 
-lab-grade:
+lab-grade: setup-python
 	$(PYTHON) -m harness.kvmlab grade $(SUBS) --out $(or $(OUT),lab-results) -j 2

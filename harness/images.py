@@ -8,7 +8,7 @@ packages and cached by content (package list, overlay files, identity, tool vers
 * ``ssh_identity`` the client key and the pre-made dropbear host key, generated once.
 
 Nothing arm64 runs at build time except ``busybox --list-full`` under
-qemu-aarch64-static, to learn the applet names.
+qemu-aarch64-static (natively on an arm64 host), to learn the applet names.
 
 Kernel command lines the inits expect:
     L1: console=ttyAMA0 root=/dev/vda ro init=/sbin/harness-init panic=-1
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
-from . import cache, procs
+from . import cache, hostarch, procs
 from .errors import INPUT, ImageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,7 +119,7 @@ def _tool_versions() -> Dict[str, str]:
     return {
         "mmdebstrap": procs.tool_version(["mmdebstrap", "--version"]),
         "mke2fs": _mke2fs_version(),
-        "qemu-aarch64-static": procs.tool_version(["qemu-aarch64-static", "--version"]),
+        "arm64-runner": procs.tool_version([*hostarch.arm64_runner(), "--version"]) if hostarch.arm64_runner() else "native",
     }
 
 
@@ -174,7 +174,7 @@ def _extract(kind: str, packages: Sequence[str], log_dir: Path, stage: str,
 
 def busybox_applets(root: Path, stage: str) -> List[str]:
     """Paths (relative, e.g. 'sbin/ip') of busybox's applets, asked from the arm64 binary."""
-    out = procs.run(["qemu-aarch64-static", root / "bin/busybox", "--list-full"], stage=stage,
+    out = procs.run([*hostarch.arm64_runner(), root / "bin/busybox", "--list-full"], stage=stage,
                     error=ImageError, timeout=120, what="busybox --list-full").stdout
     apps = [line.strip() for line in out.splitlines() if line.strip()]
     if "bin/sh" not in apps:

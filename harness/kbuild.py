@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import cache, procs
+from . import cache, hostarch, procs
 from .errors import BuildError, InfraError
 from .patches import Patch
 from .profiles import COMMON_FRAGMENT, Profile
@@ -31,7 +31,7 @@ from .sources import SourceTree
 
 KBUILD_FORMAT = 2  # bump when the way kernels are built changes
 ARCH = "arm64"
-CROSS_COMPILE = "aarch64-linux-gnu-"
+CROSS_COMPILE = hostarch.cross_prefix()  # "" on an arm64 host
 
 Progress = Callable[[str], None]
 

@@ -7,12 +7,12 @@ import math
 from pathlib import Path
 from typing import List, Optional
 
-from . import cache, procs
+from . import cache, hostarch, procs
 from .errors import INFRA, INPUT, WorkloadError
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "guest_tests" / "hostcpuid_trace.c"
-CC = "aarch64-linux-gnu-gcc"
+CC = hostarch.gcc()  # aarch64-linux-gnu-gcc, or gcc on an arm64 host
 CFLAGS = ("-static", "-O2", "-Wall", "-Wextra", "-Werror")
 GUEST_PATH = "/usr/bin/hostcpuid-trace"
 MODES = ("hostcpuid", "getppid")
@@ -29,7 +29,7 @@ def build_workload(log_dir: Path, source: Path = SOURCE) -> Path:
         raise WorkloadError(f"workload source {source} is missing", stage=stage, kind=INPUT)
     cc_version = procs.tool_version([CC, "--version"])
     if not cc_version:
-        raise WorkloadError(f"{CC} not found (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)",
+        raise WorkloadError(f"{CC} not found (run `make setup`)",
                             stage=stage, kind=INFRA)
     key = cache.key_of(source=source.read_bytes(), cc=cc_version, cflags=list(CFLAGS))
 

@@ -8,10 +8,12 @@ from typing import List
 
 import pytest
 
+from harness import hostarch
+
 
 def require_stack_tools() -> None:
     """Skip (naming what is missing) when this machine cannot build or boot the stack."""
-    missing = [t for t in ("qemu-system-aarch64", "aarch64-linux-gnu-gcc", "mmdebstrap", "mke2fs")
+    missing = [t for t in ("qemu-system-aarch64", hostarch.gcc(), "mmdebstrap", "mke2fs")
                if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
     if missing:
         pytest.skip(f"missing tools: {', '.join(missing)} (run `make setup`)")

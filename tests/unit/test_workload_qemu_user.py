@@ -8,7 +8,9 @@ import pytest
 from harness import trace as tr
 from harness import workload as wl
 
-missing = [t for t in (wl.CC, "qemu-aarch64-static") if shutil.which(t) is None]
+from harness import hostarch
+
+missing = [t for t in (wl.CC, *hostarch.arm64_runner()) if shutil.which(t) is None]
 pytestmark = pytest.mark.skipif(bool(missing), reason=f"needs {' and '.join(missing)} (cross compiler / qemu-user-static)")
 
 
@@ -18,7 +20,7 @@ def binary(tmp_path_factory):
 
 
 def run(binary, argv, **kw):
-    return subprocess.run(["qemu-aarch64-static", str(binary), *argv[1:]], capture_output=True, text=True,
+    return subprocess.run([*hostarch.arm64_runner(), str(binary), *argv[1:]], capture_output=True, text=True,
                           timeout=120, **kw)
 
 

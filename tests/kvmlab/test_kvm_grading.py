@@ -120,7 +120,10 @@ def test_reports(graded, tmp_path):
     assert {c["id"]: c["status"] for c in data["checks"]}["fs_several_files"] == "FAIL"
     suite = ET.parse(tmp_path / "one" / "junit.xml").getroot()
     assert suite.get("failures") == "1"
-    assert "kvmlab_b.txt on disk" in (tmp_path / "one" / "evidence.txt").read_text()
+    text = (tmp_path / "one" / "evidence.txt").read_text()
+    assert "kvmlab_b.txt on disk" in text
+    assert "Part C several files:" in text and "Part B getNumExits:" in text
+    assert data["ta_note"] and data["robustness"] == "ok"
     write_summary(list(graded.values()), tmp_path / "all")
     rows = json.loads((tmp_path / "all" / "summary.json").read_text())
     assert {row["submission"]: row["verdict"] for row in rows}["reference"] == "PASS"

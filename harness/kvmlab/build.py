@@ -6,7 +6,11 @@
 * a hypervisor + guest pair in a build directory laid out like kvm-hello-world:
   the harness-supplied Makefile, guest.ld, guest16.S, payload.S next to the two
   sources.  A student's sources are compiled under the sandbox (limits, timeout):
-  a compiler can be made to hang or eat memory by its input.
+  a compiler can be made to hang or eat memory by its input.  Build profiles are
+  tried in order (PROFILES): upstream kvm-hello-world's flags, then Ubuntu's
+  compiler defaults (students build on Ubuntu), then warnings not fatal; the one
+  that was needed is recorded.  A header the sources include but the submission
+  does not hold is named (``missing_header``).
 * the harness test guest: kvmlab_testguest.c + the student's guest.c (as
   student_guest.c) + a generated kvmlab_cfg.h, linked with testguest.ld, embedded in
   the student's hypervisor.
@@ -17,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -80,6 +85,31 @@ def build_oracle() -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class Profile:
+    """Flags added to upstream's ``-Wall -Wextra -Werror -O2`` (Makefile variables)."""
+    name: str
+    description: str
+    variables: Dict[str, str]
+
+
+# Ubuntu's gcc enables these by default (Ubuntu wiki, ToolChain/CompilerFlags); PIE is
+# Debian's default too.  In the flat, freestanding guest only _FORTIFY_SOURCE makes
+# sense: it maps strcpy & co. to builtins gcc can inline (no libc in the guest), while
+# a stack protector would need %fs and __stack_chk_fail, which the guest lacks.
+_UBUNTU_HV = ("-D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protection "
+              "-fcf-protection -Wformat -Wformat-security")
+_UBUNTU_GUEST = "-D_FORTIFY_SOURCE=2"
+PROFILES = (
+    Profile("upstream", "upstream kvm-hello-world flags (-Wall -Wextra -Werror -O2; guest "
+            "-ffreestanding -fno-pic)", {}),
+    Profile("ubuntu-defaults", "with Ubuntu gcc's default flags (" + _UBUNTU_HV + ")",
+            {"HV_PROFILE": _UBUNTU_HV, "GUEST_PROFILE": _UBUNTU_GUEST}),
+    Profile("warnings-not-fatal", "with Ubuntu gcc's default flags and warnings not fatal (-Wno-error)",
+            {"HV_PROFILE": _UBUNTU_HV + " -Wno-error", "GUEST_PROFILE": _UBUNTU_GUEST + " -Wno-error"}),
+)
+
+
 @dataclass
 class Built:
     directory: Path
@@ -88,6 +118,9 @@ class Built:
     argv: List[str]
     guest_image_size: Optional[int]
     notes: List[str]
+    profile: Optional[Profile] = None
+    attempts: List[str] = field(default_factory=list)   # "profile: ok|failed (log)"
+    missing_header: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -134,20 +167,64 @@ def make(directory: Path, variables: Optional[Dict[str, str]] = None, *,
                  guest_image_size=img.stat().st_size if img.exists() else None, notes=notes)
 
 
+_MISSING = re.compile(rb"fatal error: ([^\s:]+): No such file or directory")
+_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
+
+
+def includes_of(src: Path) -> List[str]:
+    """The headers ``src`` #includes."""
+    return _INCLUDE.findall(src.read_text(errors="replace"))
+
+
+def missing_header(log: bytes, sources: List[Path]) -> Optional[str]:
+    """The header named by a "No such file" compiler error, if one of ``sources`` includes it."""
+    included = set()
+    for src in sources:
+        included.update(includes_of(src))
+    for m in _MISSING.finditer(log):
+        name = m.group(1).decode(errors="replace")
+        if name in included:
+            return name
+    return None
+
+
 def build_pair(directory: Path, hypervisor_c: Path, guest_c: Path) -> Built:
-    prepare(directory, {"kvm-hello-world.c": hypervisor_c, "guest.c": guest_c})
-    return make(directory)
+    """Build with each profile in turn until one works; the result names the profile."""
+    attempts: List[str] = []
+    built: Optional[Built] = None
+    for profile in PROFILES:
+        pdir = directory / profile.name
+        prepare(pdir, {"kvm-hello-world.c": hypervisor_c, "guest.c": guest_c})
+        built = make(pdir, profile.variables)
+        built.profile = profile
+        attempts.append(f"{profile.name}: {'ok' if built.ok else 'failed'} ({built.log})")
+        if built.ok:
+            break
+        built.missing_header = missing_header(built.log.read_bytes(), [hypervisor_c, guest_c])
+        if built.missing_header or any("timeout" in n for n in built.notes):
+            break  # no profile supplies a file or makes a hanging compiler finish
+    assert built is not None
+    built.attempts = attempts
+    if not built.ok:
+        built.profile = None
+    return built
 
 
-def build_testguest(directory: Path, hypervisor_c: Path, guest_c: Path, cfg_header: str) -> Built:
+def build_testguest(directory: Path, hypervisor_c: Path, guest_c: Path, cfg_header: str,
+                    profile: Profile = PROFILES[0]) -> Built:
+    """The harness test guest with the profile the submission needed; our own code's
+    warnings (unused student helpers, pointer casts in adapters) are never fatal."""
     prepare(directory, {
         "kvm-hello-world.c": hypervisor_c,
         "student_guest.c": guest_c,
         "kvmlab_testguest.c": LAB_DIR / "testguest" / "kvmlab_testguest.c",
         "testguest.ld": LAB_DIR / "testguest" / "testguest.ld",
     }, {"kvmlab_cfg.h": cfg_header})
-    built = make(directory, {"GUEST_SRC": "kvmlab_testguest.c", "GUEST_LD": "testguest.ld",
-                             "GUEST_EXTRA": "-Os -Wno-unused-function -Wno-unused-variable"})
+    variables = dict(profile.variables)
+    variables.update({"GUEST_SRC": "kvmlab_testguest.c", "GUEST_LD": "testguest.ld",
+                      "GUEST_EXTRA": "-Os -Wno-error -Wno-unused-function -Wno-unused-variable"})
+    built = make(directory, variables)
+    built.profile = profile
     if built.guest_image_size and built.guest_image_size > TESTGUEST_MAX:
         built.notes.append(f"test guest image is {built.guest_image_size} bytes, above 0x{TESTGUEST_MAX:x} "
                            "where kvm-hello-world style page tables live")
@@ -160,23 +237,28 @@ def build_reference(directory: Optional[Path] = None) -> Built:
     srcs = [ref / "kvm-hello-world.c", ref / "guest.c"] + [LAB_DIR / "build" / n for n in BUILD_FILES]
     if directory is None:
         directory = cache_dir() / f"reference-{_digest(srcs, _compiler_id())}"
-        if (directory / "kvm-hello-world").exists():
-            return Built(directory, directory / "kvm-hello-world", directory / "build.log", [], None, [])
+        cached = directory / PROFILES[0].name / "kvm-hello-world"
+        if cached.exists():
+            return Built(directory, cached, cached.parent / "build.log", [], None, [], PROFILES[0])
         tmp = Path(tempfile.mkdtemp(prefix=".reference-", dir=_ensure(cache_dir())))
-        built = build_pair(tmp, ref / "kvm-hello-world.c", ref / "guest.c")
-        if not built.ok:
-            raise LabBuildError("building the reference failed", stage="kvmlab-reference-build",
-                                kind=INFRA, log=built.log, reproduce=built.argv)
+        built = _reference_in(tmp)
         try:
             os.replace(tmp, directory)
         except OSError:  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
-        return Built(directory, directory / "kvm-hello-world", directory / "build.log", built.argv,
-                     built.guest_image_size, built.notes)
+        return Built(directory, cached, cached.parent / "build.log", built.argv,
+                     built.guest_image_size, built.notes, PROFILES[0])
+    return _reference_in(directory)
+
+
+def _reference_in(directory: Path) -> Built:
+    """The reference must build with upstream's own flags; anything else is our bug."""
+    ref = LAB_DIR / "reference"
     built = build_pair(directory, ref / "kvm-hello-world.c", ref / "guest.c")
-    if not built.ok:
-        raise LabBuildError("building the reference failed", stage="kvmlab-reference-build",
-                            kind=INFRA, log=built.log, reproduce=built.argv)
+    if not built.ok or built.profile != PROFILES[0]:
+        raise LabBuildError("building the reference with upstream's flags failed",
+                            stage="kvmlab-reference-build", kind=INFRA,
+                            log=directory / PROFILES[0].name / "build.log", reproduce=built.argv)
     return built
 
 

@@ -9,9 +9,12 @@ with ``outside/`` next to it and ``root/kvmlab_link -> ../outside``):
   hugelen     test guest mode 3: write() of 0x7FFFFFF0 bytes
   unknownport test guest mode 4: OUT to a port no hypercall uses
 
-Every check ends PASS, FAIL or SKIP with evidence (oracle records, output
+Every check ends PASS, PARTIAL, FAIL or SKIP with evidence (oracle records, output
 excerpt, files on disk).  A check whose prerequisite is missing is SKIP with the
-reason, never FAIL.  See docs/kvm-api-lab.md.
+reason, never FAIL.  Checks judge effects - what reached the guest, what was
+printed during which exit, what the hypervisor did to files - never the mechanism.
+Weights, the robustness column and build deductions come from the rubric
+(rubric.py).  See docs/kvm-api-lab.md.
 """
 from __future__ import annotations
 
@@ -24,23 +27,23 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import build as buildmod
-from . import guestapi, oracle
+from . import fileops, guestapi, oracle
+from . import rubric as rubricmod
 from .errors import KvmLabError, SubmissionError
 from .oracle import REASON_HLT, REASON_IO, Trace
 from .sandbox import RunResult, base_env, probe_kvm, run_untrusted
 from .submission import Submission, load
 
-PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+PASS, PARTIAL, FAIL, SKIP = "PASS", "PARTIAL", "FAIL", "SKIP"
+RANK = {PASS: 3, PARTIAL: 2, FAIL: 1, SKIP: 0}
 MARK = 0x4B4C0000
 MARK_END = MARK + 0xFF
 RUN_TIMEOUT = 10.0
 
-WEIGHTS = {
-    "build": 0, "oracle": 0, "halts_cleanly": 1, "printval": 1, "getnumexits": 2,
-    "display_one_exit": 2, "fs_several_files": 2, "fs_read": 1, "multi_arg": 2,
-    "fs_confinement": 1, "robust_bad_address": 1, "robust_huge_length": 1,
-    "robust_unknown_port": 1,
-}
+CHECK_IDS = ("build", "oracle", "halts_cleanly", "printval", "getnumexits", "display_one_exit",
+             "fs_several_files", "fs_read", "multi_arg", "fs_confinement", "robust_bad_address",
+             "robust_huge_length", "robust_unknown_port")
+ROBUSTNESS = CHECK_IDS[-4:]
 TITLES = {
     "build": "builds with the harness-supplied Makefile",
     "oracle": "exit record available (LD_PRELOAD oracle)",
@@ -48,8 +51,8 @@ TITLES = {
     "printval": "printVal(v) prints v in one exit",
     "getnumexits": "getNumExits() returns the oracle's exit count to the guest",
     "display_one_exit": "display(str) prints str in exactly one exit",
-    "fs_several_files": "two files open at once, interleaved writes, contents on disk",
-    "fs_read": "read() returns file data to the guest",
+    "fs_several_files": "several files open at once, writes reach the disk",
+    "fs_read": "read data reaches the guest",
     "multi_arg": "multi-argument hypercalls (fd, buffer, count) arrive intact",
     "fs_confinement": "file access stays in the run directory (.., absolute, symlink)",
     "robust_bad_address": "display() of an address outside guest memory: no crash",
@@ -66,19 +69,17 @@ class Check:
     evidence: List[str] = field(default_factory=list)
     records: List[str] = field(default_factory=list)
     output: str = ""
+    weight: float = 0          # from the rubric; 0: not scored
+    kind: str = "assignment"   # gate, assignment or robustness
 
     @property
     def title(self) -> str:
         return TITLES.get(self.id, self.id)
 
-    @property
-    def weight(self) -> int:
-        return WEIGHTS.get(self.id, 1)
-
     def to_dict(self) -> dict:
         return {"id": self.id, "title": self.title, "status": self.status, "weight": self.weight,
-                "message": self.message, "evidence": self.evidence, "records": self.records,
-                "output": self.output}
+                "kind": self.kind, "message": self.message, "evidence": self.evidence,
+                "records": self.records, "output": self.output}
 
 
 @dataclass
@@ -93,6 +94,16 @@ class Result:
     error: Optional[dict] = None
     runs: Dict[str, dict] = field(default_factory=dict)
     nonce: str = ""
+    build: Optional[str] = None       # the build profile that was needed
+    deduction: float = 0
+    review: List[str] = field(default_factory=list)   # why a human should look
+    extras: Dict[str, str] = field(default_factory=dict)  # optional features seen (seek)
+
+    @property
+    def robustness(self) -> str:
+        """The robustness column: ok, or the findings."""
+        bad = [f"{c.id}={c.status}" for c in self.checks if c.kind == "robustness" and c.status != PASS]
+        return "ok" if not bad else " ".join(bad)
 
     def check(self, cid: str) -> Check:
         for c in self.checks:
@@ -103,6 +114,8 @@ class Result:
     def to_dict(self) -> dict:
         return {"submission": self.submission, "origin": self.origin, "verdict": self.verdict,
                 "score": self.score, "duration_s": round(self.duration, 3), "nonce": self.nonce,
+                "build": self.build, "deduction": self.deduction, "review": self.review,
+                "robustness": self.robustness, "extras": self.extras,
                 "guest_api": self.api, "runs": self.runs, "error": self.error,
                 "checks": [c.to_dict() for c in self.checks]}
 
@@ -160,15 +173,19 @@ class Grader:
         self.checks: Dict[str, Check] = {}
         self.runs: Dict[str, Run] = {}
         self.logs = self.out_dir / "logs"
+        self.rubric = rubricmod.load()
+        self.profile: Optional[buildmod.Profile] = None
+        self.review: List[str] = []
+        self.extras: Dict[str, str] = {}
 
     # -- helpers ---------------------------------------------------------------
     def _set(self, cid: str, status: str, message: str, **kw) -> Check:
-        c = Check(cid, status, message, **kw)
+        c = Check(cid, status, message, weight=self.rubric.weight(cid), kind=self.rubric.kind(cid), **kw)
         self.checks[cid] = c
         return c
 
     def _skip_rest(self, reason: str) -> None:
-        for cid in WEIGHTS:
+        for cid in CHECK_IDS:
             if cid not in self.checks:
                 self._set(cid, SKIP, reason)
 
@@ -226,45 +243,79 @@ class Grader:
         finally:
             if not self.keep_work:
                 shutil.rmtree(self.work, ignore_errors=True)
-        checks = [self.checks[c] for c in WEIGHTS if c in self.checks]
-        verdict, score = self._verdict(checks, error)
+        checks = [self.checks[c] for c in CHECK_IDS if c in self.checks]
+        deduction = self.rubric.build_deductions.get(self.profile.name, 0) if self.profile else 0
+        verdict, score = self._verdict(checks, error, self.rubric, deduction, self.review)
         return Result(submission=sub.name if sub else self.path.name, origin=str(self.path),
                       verdict=verdict, score=score, checks=checks,
                       duration=time.monotonic() - start,
                       api=api.summary() if api else {}, error=error,
-                      runs={k: r.summary() for k, r in self.runs.items()}, nonce=self.nonce)
+                      runs={k: r.summary() for k, r in self.runs.items()}, nonce=self.nonce,
+                      build=self.profile.name if self.profile else None, deduction=deduction,
+                      review=list(self.review), extras=dict(self.extras))
 
     @staticmethod
-    def _verdict(checks: List[Check], error: Optional[dict]) -> tuple:
-        total = sum(c.weight for c in checks)
-        earned = sum(c.weight for c in checks if c.status == PASS)
-        score = round(100.0 * earned / total, 1) if total else 0.0
+    def _verdict(checks: List[Check], error: Optional[dict], rubric: rubricmod.Rubric,
+                 deduction: float = 0, review: Optional[List[str]] = None) -> tuple:
+        """(verdict, score).  Only scored checks (the rubric's assignment checks, and
+        robustness checks it gives a weight) count toward either."""
+        scored = [c for c in checks if rubric.scored(c.id)]
+        total = sum(c.weight for c in scored)
+        earned = sum(c.weight * (1 if c.status == PASS else rubric.partial if c.status == PARTIAL else 0)
+                     for c in scored)
+        score = max(0.0, round(100.0 * earned / total - deduction, 1)) if total else 0.0
         by = {c.id: c for c in checks}
         if error and error.get("kind") == "infra":
             return "ERROR", score
         if by.get("build") and by["build"].status == FAIL:
-            return "FAIL", 0.0
+            return ("REVIEW" if review else "FAIL"), 0.0
         if by.get("oracle") and by["oracle"].status != PASS:
             return "ORACLE_UNAVAILABLE", score
-        if any(c.status == FAIL for c in checks):
+        if any(c.status == FAIL for c in scored):
             return "FAIL", score
-        if any(c.status == SKIP for c in checks):
+        if any(c.status == SKIP for c in scored):
             return "INCOMPLETE", score
+        if any(c.status == PARTIAL for c in scored):
+            return "PARTIAL", score
         return "PASS", score
 
     def _grade(self, sub: Submission, api: guestapi.GuestApi) -> None:
         probe_kvm()
         shim = buildmod.build_oracle()
         own = buildmod.build_pair(self.work / "build-own", sub.hypervisor_c, sub.guest_c)
-        self._save_log("build-own", own)
+        for a in own.attempts:
+            name = a.split(":")[0]
+            log = self.work / "build-own" / name / "build.log"
+            if log.exists():
+                self.logs.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, self.logs / f"build-own.{name}.log")
+        tried = [a.split(" (")[0] for a in own.attempts]
+        if own.missing_header:
+            who = [f.name for f in (sub.guest_c, sub.hypervisor_c)
+                   if own.missing_header in buildmod.includes_of(f)]
+            msg = (f"{' and '.join(who) or 'the submission'} includes {own.missing_header}, which is not "
+                   "part of the submission (only guest.c and kvm-hello-world.c are handed in)")
+            self.review.append(msg + ": a human should decide whether to supply it")
+            self._set("build", FAIL, msg, evidence=[f"builds tried: {', '.join(tried)}",
+                                                    "marked for human review"] + own.notes,
+                      output=_tail(own.log.read_bytes(), 2000))
+            self._skip_rest(f"the submission does not build: {own.missing_header} is missing")
+            return
         if not own.ok:
-            self._set("build", FAIL, "the submission does not build",
-                      evidence=[f"command: {' '.join(own.argv)} (in a copy of the harness build dir)"]
+            self._set("build", FAIL, "the submission does not build with upstream's flags, with Ubuntu's "
+                                     "compiler defaults, nor with warnings not fatal",
+                      evidence=[f"builds tried: {', '.join(tried)}",
+                                f"last command: {' '.join(own.argv)} (in a copy of the harness build dir)"]
                       + own.notes, output=_tail(own.log.read_bytes(), 2000))
             self._skip_rest("the submission does not build")
             return
-        self._set("build", PASS, "built kvm-hello-world with the harness Makefile",
-                  evidence=[f"command: {' '.join(own.argv)}",
+        self.profile = own.profile
+        deduction = self.rubric.build_deductions.get(own.profile.name, 0)
+        needed = ("" if own.profile == buildmod.PROFILES[0] else
+                  f"; needed: {own.profile.name}" + (f" (rubric: -{deduction:g} points)" if deduction else ""))
+        self._set("build", PASS, f"built {own.profile.description}{needed}",
+                  evidence=[f"builds tried: {', '.join(tried)}",
+                            f"command: {' '.join(own.argv)}",
                             f"guest64.img: {own.guest_image_size} bytes"] + own.notes)
         # the oracle needs libc's ioctl() in a dynamic binary
         dynamic = buildmod.is_dynamic(own.binary)
@@ -300,6 +351,7 @@ class Grader:
             self._check_getnumexits(func, api)
             self._check_display(func, api)
             self._check_fs(func, api)
+        self._files_of_own_guest(run)
         self._robustness(sub, api, shim)
         self._skip_rest("not reached")
 
@@ -312,7 +364,8 @@ class Grader:
                        shim: Path) -> Optional[Run]:
         abs_path = str((self.work / f"run-{name}" / "outside" / "kvmlab_escape_abs.txt").resolve())
         cfg = guestapi.config_header(api, mode=mode, nonce=self.nonce, abs_path=abs_path)
-        built = buildmod.build_testguest(self.work / f"build-{name}", sub.hypervisor_c, sub.guest_c, cfg)
+        built = buildmod.build_testguest(self.work / f"build-{name}", sub.hypervisor_c, sub.guest_c, cfg,
+                                         self.profile or buildmod.PROFILES[0])
         self._save_log(f"build-{name}", built)
         if not built.ok:
             self.testguest_problem = (f"the harness test guest did not build with this guest.c "
@@ -380,41 +433,65 @@ class Grader:
                   records=self._records(run, i, i + 1))
 
     def _check_getnumexits(self, run: Run, api: guestapi.GuestApi) -> None:
+        """The test guest does n = getNumExits(); printVal(n) twice, a mark between.
+        Judged by what reached the guest (the value it printed) against the oracle's
+        count at the last exit of each call - whatever the transport: IN data, a
+        write into guest memory, a register."""
         if not api.has("getNumExits"):
             self._set("getnumexits", SKIP, "guest.c defines no getNumExits()")
             return
-        i1, i2 = self._marks(run, MARK + 1, MARK + 2)
+        i1, im, i2 = self._marks(run, MARK + 1, MARK + 0x11, MARK + 2)
         if i1 is None:
             self._set("getnumexits", SKIP, "printVal() marks not found in the record")
             return
-        if i2 is None:
+        if im is None or i2 is None:
             self._set("getnumexits", FAIL, "the run did not get past getNumExits()",
                       evidence=[self._reached_end(run)],
                       records=self._records(run, i1, len(run.trace.exits)))
             return
         port = run.trace.exits[i1].port
-        between = run.trace.exits[i1 + 1:i2]
-        ins = [k for k in range(i1 + 1, i2) if run.trace.exits[k].reason == REASON_IO
-               and run.trace.exits[k].direction == "in"]
-        printed = self._pv_after(run, ins[-1] if ins else i1, port)[0]
-        recs = self._records(run, i1, i2 + 1)
-        if not ins:
-            self._set("getnumexits", FAIL,
-                      "getNumExits() made no IN exit, so no value came back from the hypervisor "
-                      f"(the guest then printed {printed})",
-                      evidence=[f"{len(between)} exits between the marks"], records=recs,
-                      output=_excerpt(b"".join(run.trace.output_of(e, run.stdout) for e in between)))
+        recs = self._records(run, i1, i2 + 1, 16)
+        calls = []
+        for lo, hi in ((i1, im), (im, i2)):
+            pv = run.trace.exits[hi - 1]
+            if hi - 1 <= lo or pv.direction != "out" or pv.port != port or pv.value is None:
+                self._set("getnumexits", FAIL, "no printVal() of the returned value after getNumExits()",
+                          records=recs)
+                return
+            spent = run.trace.exits[lo + 1:hi - 1]
+            count = sum(1 for e in run.trace.exits[:hi - 1] if e.ret == 0) if spent else None
+            ins = [e for e in spent if e.reason == REASON_IO and e.direction == "in"]
+            printed = pv.value & 0xFFFFFFFF
+            if not spent:
+                how = "made no exit"
+            elif ins:
+                how = f"IN at exit #{ins[-1].n} replied {ins[-1].reply_value}"
+            else:
+                how = (f"no IN exit: any value came back through guest memory or a register during "
+                       f"exit #{spent[0].n}" + (f"..#{spent[-1].n}" if len(spent) > 1 else ""))
+            calls.append((spent, count, printed, how, pv.n))
+        ev = [f"call {k + 1}: {len(sp)} exit(s), the guest printed {pr} (exit #{pn}); "
+              f"oracle count at its last exit: {c if c is not None else '-'}; {how}"
+              for k, (sp, c, pr, how, pn) in enumerate(calls)]
+        ev.append("accepted: the oracle's count, or one less (whether the current exit counts)")
+        (sp1, c1, p1, h1, _), (sp2, c2, p2, h2, _) = calls
+        if not sp1 or not sp2:
+            self._set("getnumexits", FAIL, "getNumExits() made no exit: the value cannot come from the "
+                      f"hypervisor (the guest printed {p1} and {p2})", evidence=ev, records=recs)
             return
-        j = ins[-1]
-        ex = run.trace.exits[j]
-        count = sum(1 for e in run.trace.exits[:j + 1] if e.ret == 0)
-        reply = ex.reply_value
-        ok = reply is not None and reply in (count, count - 1) and printed == reply
-        self._set("getnumexits", PASS if ok else FAIL,
-                  f"the IN at exit #{ex.n} returned {reply}; the oracle counted {count} exits "
-                  f"(this one included); printVal then carried {printed}",
-                  evidence=[f"accepted: {count - 1} or {count} (whether the current exit counts)",
-                            f"IN exits between the marks: {len(ins)}"], records=recs)
+        off1, off2 = c1 - p1, c2 - p2
+        if off1 == off2 and off1 in (0, 1):
+            self._set("getnumexits", PASS,
+                      f"returned {p1} and {p2} to the guest; the oracle counted {c1} and {c2} exits "
+                      f"({h1})", evidence=ev, records=recs)
+        elif p2 - p1 == c2 - c1 and p2 != p1:
+            self._set("getnumexits", PARTIAL,
+                      f"returned {p1} and {p2}: it counts exits, but from another baseline than the "
+                      f"oracle's {c1} and {c2}", evidence=ev, records=recs)
+        else:
+            self._set("getnumexits", FAIL,
+                      f"the guest printed {p1} and {p2}; the oracle counted {c1} and {c2} exits "
+                      f"({h1})", evidence=ev, records=recs)
 
     def _check_display(self, run: Run, api: guestapi.GuestApi) -> None:
         if not api.has("display"):
@@ -520,6 +597,34 @@ class Grader:
                   f"the guest created files outside its directory via {', '.join(escaped)}" if escaped
                   else "no escape attempt reached a file outside the directory",
                   evidence=ev, records=self._records(run, i6, i7 if i7 is not None else n_ex, 16))
+
+    def _files_of_own_guest(self, run: Run) -> None:
+        """The file checks, judged again on what the hypervisor did to files while the
+        student's own guest ran (fileops).  The better-supported verdict stands: the test
+        guest can only call an API it recognises, the own guest uses its own."""
+        f = fileops.judge(run.trace.fs, run.root)
+        self.extras["seek"] = f"{f['seek'].status}: {f['seek'].message}" if f["seek"].status != fileops.NONE \
+            else "not used (optional)"
+        several = f["several_files"]
+        if several.status == fileops.PASS and f["write"].status != fileops.PASS:
+            several = fileops.Finding(PARTIAL, several.message + "; but " + f["write"].message,
+                                      several.evidence + f["write"].evidence)
+        elif several.status == fileops.PASS:
+            several = fileops.Finding(PASS, several.message + "; " + f["write"].message,
+                                      several.evidence + f["write"].evidence)
+        for cid, own in (("fs_several_files", several), ("fs_read", f["read"]), ("multi_arg", f["multi_arg"])):
+            c = self.checks.get(cid)
+            if c is None:
+                continue
+            line = f"own guest: {own.message}"
+            if own.status == fileops.NONE:
+                c.evidence.append(line)
+            elif RANK[own.status] > RANK[c.status]:
+                self._set(cid, own.status, f"own guest: {own.message} (harness test guest: {c.status}, "
+                                           f"{c.message})",
+                          evidence=own.evidence + c.evidence, records=c.records, output=c.output)
+            else:
+                c.evidence += [line] + own.evidence
 
     def _robustness(self, sub: Submission, api: guestapi.GuestApi, shim: Path) -> None:
         cases = [("robust_bad_address", "badaddr", 2, api.has("display"), "guest.c defines no display()"),

@@ -5,6 +5,10 @@ into a :class:`Trace` and answers the questions the checks ask (which exit carri
 this value, what the program printed while handling exit *n*).  Nothing here trusts
 the hypervisor's own output about exits.
 
+The shim also records the hypervisor's own file calls (open/read/write/lseek/close
+and their stdio and openat2 forms) with the exit during which each happened:
+:class:`FsOp`.  They are what the file checks judge, whatever the guest's API.
+
 If the records cannot be had (a static binary, a program that issues the ioctl as
 a raw syscall, a shim that did not load) the trace is *unavailable* and every
 check that needs it is skipped with that reason - never guessed.
@@ -81,6 +85,54 @@ class Exit:
 
 
 @dataclass
+class FsOp:
+    """One file call the hypervisor made, during exit ``n`` (0: before the guest ran)."""
+    n: int
+    op: str                  # open, read, write, lseek, close
+    call: str                # the libc function: fopen, creat, fwrite, pread, fseek, ...
+    ret: int
+    errno: int = 0
+    path: Optional[str] = None
+    flags: Optional[int] = None
+    mode: str = ""
+    fd: Optional[int] = None
+    count: int = 0
+    data: bytes = b""        # the first 32 bytes moved
+    gpa: Optional[int] = None  # guest address of the buffer (or, for a write, of the bytes)
+    found: bool = False      # a write whose bytes were found in guest memory (bounce buffer)
+    off: int = 0
+    whence: int = 0
+    id: int = 0
+    delivered: Optional[int] = None  # read into a host buffer: the GPA the bytes reached, -1 none
+    id_open: int = -1        # which open made this descriptor (set by fileops)
+
+    @property
+    def in_guest(self) -> bool:
+        """The bytes moved were in guest memory (read: reached the guest)."""
+        if self.gpa is not None and self.gpa >= 0:
+            return True
+        return self.delivered is not None and self.delivered >= 0
+
+    def brief(self) -> str:
+        if self.op == "open":
+            how = f"{self.mode!r}" if self.mode else f"flags 0{self.flags or 0:o}"
+            return f"exit #{self.n}: {self.call}({self.path!r}, {how}) = {self.ret}"
+        if self.op in ("read", "write"):
+            where = (f"guest 0x{self.gpa:x}" if self.gpa is not None and self.gpa >= 0 and not self.found
+                     else "host buffer")
+            s = f"exit #{self.n}: {self.call}(fd {self.fd}, {where}, {self.count}) = {self.ret}"
+            if self.found:
+                s += f" (bytes from guest 0x{self.gpa:x})"
+            if self.delivered is not None:
+                s += (f" (bytes reached guest 0x{self.delivered:x})" if self.delivered >= 0
+                      else " (bytes never reached the guest)")
+            return s
+        if self.op == "lseek":
+            return f"exit #{self.n}: {self.call}(fd {self.fd}, {self.off}, {self.whence}) = {self.ret}"
+        return f"exit #{self.n}: {self.call}(fd {self.fd}) = {self.ret}"
+
+
+@dataclass
 class Trace:
     exits: List[Exit]
     started: bool               # the shim loaded in the process
@@ -88,6 +140,8 @@ class Trace:
     ended: bool                 # the process reached exit()
     end_stdout: Optional[int]
     unavailable: Optional[str] = None
+    fs: List[FsOp] = field(default_factory=list)
+    guest_memory: int = 0       # bytes registered with KVM_SET_USER_MEMORY_REGION
 
     def output_of(self, ex: Exit, stdout: bytes) -> bytes:
         """What the program wrote to stdout while handling exit ``ex``."""
@@ -118,6 +172,9 @@ def parse_lines(lines: List[str]) -> Trace:
     vcpus = 0
     end_stdout = None
     main_pid = None
+    fs: List[FsOp] = []
+    delivered: Dict[int, int] = {}
+    memory = 0
     for lineno, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
@@ -153,6 +210,20 @@ def parse_lines(lines: List[str]) -> Trace:
                     port=int(rec["port"]) if "port" in rec else None,
                     count=int(rec.get("count", 0)),
                     data=bytes.fromhex(rec.get("data") or ""), raw=rec)
+            elif kind == "fs":
+                data = rec.get("data")
+                fs.append(FsOp(
+                    n=int(rec["n"]), op=str(rec["op"]), call=str(rec.get("call", rec["op"])),
+                    ret=int(rec["ret"]), errno=int(rec.get("errno", 0)), path=rec.get("path"),
+                    flags=int(rec["flags"]) if "flags" in rec else None, mode=str(rec.get("mode", "")),
+                    fd=int(rec["fd"]) if "fd" in rec else None, count=int(rec.get("count", 0)),
+                    data=bytes.fromhex(data) if data else b"",
+                    gpa=int(rec["gpa"]) if "gpa" in rec else None, found=bool(rec.get("found")),
+                    off=int(rec.get("off", 0)), whence=int(rec.get("whence", 0)), id=int(rec.get("id", 0))))
+            elif kind == "deliv":
+                delivered[int(rec["id"])] = int(rec["gpa"])
+            elif kind == "mem":
+                memory += int(rec["size"])
             elif kind == "end":
                 ended = True
                 end_stdout = int(rec.get("stdout", -1))
@@ -176,7 +247,11 @@ def parse_lines(lines: List[str]) -> Trace:
                 ex.in_reply = bytes.fromhex(nxt["in_reply"])
         elif ended:
             ex.stdout_after = end_stdout
-    return Trace(exits=ordered, started=started, vcpus=vcpus, ended=ended, end_stdout=end_stdout)
+    for op in fs:
+        if op.id in delivered:
+            op.delivered = delivered[op.id]
+    return Trace(exits=ordered, started=started, vcpus=vcpus, ended=ended, end_stdout=end_stdout,
+                 fs=fs, guest_memory=memory)
 
 
 def load(path: Path, *, ran_guest: bool = True) -> Trace:

@@ -62,8 +62,9 @@ def graded(tmp_path_factory, kvmlab_cache):
     src = tmp_path_factory.mktemp("kvmlab-subs")
     out = tmp_path_factory.mktemp("kvmlab-out")
     subs = {"reference": LAB_DIR / "reference", "student_ok": FIXTURES / "student_ok"}
-    for name, v in variants.VARIANTS.items():
+    for name, v in {**variants.VARIANTS, **variants.FAIR}.items():
         subs[name] = variants.materialise(name, v["edits"], src)
+    subs["fs_stdio"] = FIXTURES / "fs_stdio"
     for name, edits in variants.SPECIAL.items():
         subs[name] = variants.materialise(name, edits, src)
     jobs = [(str(p), str(out / n)) for n, p in subs.items()]

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import variants
-from harness.kvmlab.grade import PASS, WEIGHTS
+from harness.kvmlab.grade import CHECK_IDS, PASS, ROBUSTNESS
 from harness.kvmlab.report import write_one, write_summary
 
 pytestmark = pytest.mark.kvm
@@ -23,19 +23,64 @@ def test_correct_submissions_pass_every_check(graded, name):
     r = graded[name]
     bad = {c.id: (c.status, c.message) for c in r.checks if c.status != PASS}
     assert bad == {}, bad
-    assert set(statuses(r)) == set(WEIGHTS)
+    assert set(statuses(r)) == set(CHECK_IDS)
     assert r.verdict == "PASS" and r.score == 100.0
+    assert r.build == "upstream" and r.robustness == "ok" and not r.review
 
 
 @pytest.mark.parametrize("name", sorted(variants.VARIANTS))
 def test_broken_fixture_fails_exactly_its_checks(graded, name):
     r = graded[name]
-    expect = variants.VARIANTS[name]["expect"]
+    v = variants.VARIANTS[name]
     failed = {cid for cid, s in statuses(r).items() if s == "FAIL"}
-    others = {cid: s for cid, s in statuses(r).items() if cid not in expect and s != PASS}
-    assert failed == expect, r.to_dict()
+    others = {cid: s for cid, s in statuses(r).items() if cid not in v["expect"] and s != PASS}
+    assert failed == v["expect"], r.to_dict()
     assert others == {}
-    assert r.verdict == "FAIL" and 0 < r.score < 100
+    assert r.verdict == v["verdict"]
+    robust = set(v["expect"]) & set(ROBUSTNESS)
+    if robust:  # robustness findings: their own column, not the score
+        assert r.score == 100.0 and all(cid in r.robustness for cid in robust)
+    else:
+        assert 0 < r.score < 100 and r.robustness == "ok"
+
+
+@pytest.mark.parametrize("name", sorted(variants.FAIR))
+def test_legal_design_gets_a_careful_humans_verdict(graded, name):
+    r = graded[name]
+    v = variants.FAIR[name]
+    failed = {cid for cid, s in statuses(r).items() if s == "FAIL"}
+    assert failed == v["expect"], r.to_dict()
+    assert r.verdict == v["verdict"], r.to_dict()
+    for key, want in v["flags"].items():
+        if key == "build":
+            assert r.build == want
+        elif key == "missing_header":
+            assert any(f"includes {want}, which is not part of the submission" in x for x in r.review)
+            assert "not part of the submission" in r.check("build").message
+
+
+def test_getnumexits_through_guest_memory_is_judged_by_the_value(graded):
+    c = graded["numexits_by_memory"].check("getnumexits")
+    assert c.status == PASS and "no IN exit" in " ".join(c.evidence) and "#" in c.message
+
+
+def test_build_profiles_are_recorded_with_the_rubric_deduction(graded):
+    assert graded["strcpy_ubuntu"].build == "ubuntu-defaults" and graded["strcpy_ubuntu"].score == 100.0
+    r = graded["warning_werror"]
+    assert r.build == "warnings-not-fatal" and r.deduction > 0 and r.score == 100.0 - r.deduction
+    assert "upstream: failed" in " ".join(r.check("build").evidence)
+
+
+def test_stdio_file_api_gets_credit_from_the_hypervisors_file_calls(graded):
+    r = graded["fs_stdio"]
+    # the test guest cannot call hread(struct io *); the own guest's effects decide
+    for cid in ("fs_several_files", "fs_read", "multi_arg"):
+        c = r.check(cid)
+        assert c.status == PASS and c.message.startswith("own guest:") and "exit #" in c.message, c.to_dict()
+    assert r.extras["seek"].startswith("PASS")
+    # robustness checks needing the test guest's file calls are SKIP, and not scored
+    assert {c.id for c in r.checks if c.status == "SKIP"} <= set(ROBUSTNESS)
+    assert r.verdict == "PASS" and r.score == 100.0
 
 
 def test_display_per_char_evidence_counts_exits(graded):
@@ -46,7 +91,7 @@ def test_display_per_char_evidence_counts_exits(graded):
 
 def test_numexits_printed_evidence(graded):
     c = graded["numexits_printed"].check("getnumexits")
-    assert "no IN exit" in c.message and c.records
+    assert "the guest printed 0 and 0" in c.message and "no IN exit" in c.message and c.records
 
 
 def test_crash_is_reported_as_signal(graded):
@@ -74,8 +119,11 @@ def test_reports(graded, tmp_path):
     assert data["verdict"] == "FAIL"
     assert {c["id"]: c["status"] for c in data["checks"]}["fs_several_files"] == "FAIL"
     suite = ET.parse(tmp_path / "one" / "junit.xml").getroot()
-    assert suite.get("failures") == "2"
-    assert "kvmlab_b.txt on disk" in (tmp_path / "one" / "evidence.txt").read_text()
+    assert suite.get("failures") == "1"
+    text = (tmp_path / "one" / "evidence.txt").read_text()
+    assert "kvmlab_b.txt on disk" in text
+    assert "Part C several files:" in text and "Part B getNumExits:" in text
+    assert data["ta_note"] and data["robustness"] == "ok"
     write_summary(list(graded.values()), tmp_path / "all")
     rows = json.loads((tmp_path / "all" / "summary.json").read_text())
     assert {row["submission"]: row["verdict"] for row in rows}["reference"] == "PASS"

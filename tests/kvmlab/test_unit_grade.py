@@ -1,21 +1,56 @@
-"""Verdict and score rules, value matching (no KVM needed)."""
+"""Verdict and score rules, the rubric, value matching (no KVM needed)."""
 from __future__ import annotations
 
-from harness.kvmlab.grade import FAIL, PASS, SKIP, Check, Grader, _shows
+import json
+
+import pytest
+
+from harness.kvmlab import rubric as rubricmod
+from harness.kvmlab.grade import FAIL, PARTIAL, PASS, SKIP, Check, Grader, _shows
+
+RUB = rubricmod.load()
 
 
 def checks(**st):
-    return [Check(cid, s, "") for cid, s in st.items()]
+    return [Check(cid, s, "", weight=RUB.weight(cid), kind=RUB.kind(cid)) for cid, s in st.items()]
 
 
 def test_verdicts():
-    v = Grader._verdict
-    assert v(checks(build=PASS, oracle=PASS, printval=PASS), None) == ("PASS", 100.0)
-    assert v(checks(build=PASS, oracle=PASS, printval=PASS, getnumexits=FAIL), None) == ("FAIL", 33.3)
-    assert v(checks(build=PASS, oracle=PASS, printval=PASS, getnumexits=SKIP), None)[0] == "INCOMPLETE"
-    assert v(checks(build=FAIL, oracle=SKIP), None) == ("FAIL", 0.0)
-    assert v(checks(build=PASS, oracle=FAIL, printval=SKIP), None)[0] == "ORACLE_UNAVAILABLE"
+    v = lambda cs, err=None, **kw: Grader._verdict(cs, err, RUB, **kw)  # noqa: E731
+    assert v(checks(build=PASS, oracle=PASS, printval=PASS)) == ("PASS", 100.0)
+    assert v(checks(build=PASS, oracle=PASS, printval=PASS, getnumexits=FAIL)) == ("FAIL", 33.3)
+    assert v(checks(build=PASS, oracle=PASS, printval=PASS, getnumexits=SKIP))[0] == "INCOMPLETE"
+    assert v(checks(build=PASS, oracle=PASS, printval=PASS, getnumexits=PARTIAL)) == ("PARTIAL", 66.7)
+    assert v(checks(build=FAIL, oracle=SKIP)) == ("FAIL", 0.0)
+    assert v(checks(build=FAIL, oracle=SKIP), review=["includes guest.h"]) == ("REVIEW", 0.0)
+    assert v(checks(build=PASS, oracle=FAIL, printval=SKIP))[0] == "ORACLE_UNAVAILABLE"
     assert v(checks(build=PASS), {"kind": "infra"})[0] == "ERROR"
+    assert v(checks(build=PASS, oracle=PASS, printval=PASS), deduction=5) == ("PASS", 95.0)
+
+
+def test_robustness_findings_do_not_lower_the_score_by_default():
+    cs = checks(build=PASS, oracle=PASS, printval=PASS, fs_confinement=FAIL, robust_bad_address=SKIP)
+    assert Grader._verdict(cs, None, RUB) == ("PASS", 100.0)
+    assert cs[3].kind == "robustness" and cs[3].weight == 0
+
+
+def test_a_rubric_may_score_robustness(tmp_path, monkeypatch):
+    data = json.loads((rubricmod.LAB_DIR / "rubric.json").read_text())
+    data["robustness"]["fs_confinement"] = 1
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    monkeypatch.setenv("KVMLAB_RUBRIC", str(path))
+    rub = rubricmod.load()
+    cs = [Check(c, s, "", weight=rub.weight(c), kind=rub.kind(c))
+          for c, s in (("build", PASS), ("oracle", PASS), ("printval", PASS), ("fs_confinement", FAIL))]
+    assert Grader._verdict(cs, None, rub) == ("FAIL", 50.0)
+
+
+def test_a_broken_rubric_names_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(rubricmod.RubricError, match="bad.json"):
+        rubricmod.load(bad)
 
 
 def test_shows_value_as_a_whole_number():

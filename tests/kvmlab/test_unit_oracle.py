@@ -75,3 +75,21 @@ def test_unavailable_reasons(tmp_path):
 def test_brief_names_port_and_value():
     t = oracle.parse_lines(recs(START, VCPU, enter(1, 0), io_exit(1, 0xEA, data="e8030000")))
     assert t.exits[0].brief() == "#1 IO out port 0xea size 4 data e8030000 (=1000)"
+
+
+def test_file_calls_and_deliveries():
+    lines = recs(START, VCPU, {"rec": "mem", "pid": 7, "slot": 0, "gpa": 0, "size": 2097152},
+                 enter(1, 0), io_exit(1, 0x30, data="00100000"),
+                 {"rec": "fs", "pid": 7, "n": 1, "op": "open", "call": "fopen", "path": "a.txt", "flags": -1,
+                  "mode": "r", "ret": 5, "errno": 0},
+                 {"rec": "fs", "pid": 7, "n": 1, "op": "read", "call": "fread", "fd": 5, "count": 4, "ret": 4,
+                  "errno": 0, "gpa": -1, "found": 0, "id": 1, "data": "61626364"},
+                 {"rec": "deliv", "pid": 7, "n": 2, "id": 1, "gpa": 4096},
+                 {"rec": "fs", "pid": 9, "n": 1, "op": "close", "fd": 5, "ret": 0})  # another process
+    t = oracle.parse_lines(lines)
+    assert t.guest_memory == 2097152
+    assert [o.op for o in t.fs] == ["open", "read"]
+    rd = t.fs[1]
+    assert rd.data == b"abcd" and rd.delivered == 4096 and rd.in_guest
+    assert "fread(fd 5, host buffer, 4) = 4 (bytes reached guest 0x1000)" in rd.brief()
+    assert t.fs[0].brief() == "exit #1: fopen('a.txt', 'r') = 5"

@@ -1,6 +1,7 @@
 # kvm-hypercall-harness: every tool it needs comes from here (Debian packages + PyPI).
 #   make setup   install system packages and the harness in a virtual environment (.venv)
 #   make run     the main job on the embedded default (Debian linux-source-6.1)
+#   make experiments  the migration experiments: six scenarios, L1 ground truth, report.html
 #   make test    unit tests, then the end-to-end tests (real QEMU, kernels, SSH)
 #   make bench   print the performance figures
 #
@@ -15,7 +16,7 @@ PYTHON := $(VENV)/bin/python
 APT_PACKAGES = $(shell $(SYSTEM_PYTHON) $(CURDIR)/harness/hostarch.py apt-packages)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-system setup-python run test unit e2e bench clean lab-test lab-grade
+.PHONY: setup setup-system setup-python run experiments test unit e2e bench clean lab-test lab-grade
 
 setup: setup-system setup-python
 
@@ -38,6 +39,9 @@ setup-python: $(VENV)/.installed
 
 run: setup
 	$(PYTHON) -m harness run
+
+experiments: setup
+	$(PYTHON) -m harness experiment
 
 unit: setup-python
 	$(PYTHON) -m pytest -q

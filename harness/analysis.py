@@ -87,6 +87,25 @@ def human_summary(summary: dict) -> str:
             pc = ", ".join(f"{p}x{n}" for p, n in s["pcpus"].items()) or "-"
             lines.append(f"  vCPU {v}: {s['samples']} samples, pCPUs [{pc}], {s['pcpu_changes']} changes, "
                          f"{s['calls_per_s']:.0f} calls/s, p50 {s['latency_us']['p50']} us -> {s['verdict']}")
+            gt = s.get("ground_truth")
+            if gt:
+                lines.append(f"    L1: {ground_truth_line(gt)}")
         for name, value in sc.get("compare", {}).items():
             lines.append(f"  {name}: {value}")
+        for name, value in (sc.get("trace_overhead") or {}).items():
+            lines.append(f"  tracing {name}: {value}")
+        if sc.get("verdict"):
+            lines.append(f"  expectation {sc['verdict']}: {sc.get('reason')}")
     return "\n".join(lines)
+
+
+def ground_truth_line(gt: dict) -> str:
+    """One line: HVCs seen by L1 vs calls, agreement, changes explained."""
+    if not gt.get("aligned"):
+        return gt.get("reason", "no ground truth")
+    text = f"{gt['hvc_events']} HVCs for {gt['samples']} calls, agreement {gt['agreement']:.2%}"
+    if gt.get("changes"):
+        text += f", changes explained {gt['changes_explained']}/{gt['changes']}"
+    else:
+        text += ", no pCPU change"
+    return text

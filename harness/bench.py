@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from . import config, kbuild, profiles, run, sources
 from .patches import Patch
@@ -69,6 +70,26 @@ def call_rates(cfg: config.Config, repeat: int, calls: int) -> dict:
     return {"boot": boots, "median_calls_per_s": med, "recording_overhead_pct": over, "samples": samples}
 
 
+def experiment_figures(cfg_path: Optional[str], kernel_tree: Optional[str]) -> dict:
+    """The six-scenario experiment on the warm default: its wall time, the L1 tracer's
+    overhead (tracing on/off interleaved, in its pinned scenario) and the time to
+    re-render the report from the stored run directory."""
+    from . import experiment, report
+
+    cfg = config.load(cfg_path or experiment.DEFAULT_EXPERIMENT)
+    if kernel_tree:
+        cfg = config.override(cfg, config.tree_assignments(kernel_tree))
+    t0 = time.monotonic()
+    exp = experiment.run_experiment(cfg, out=run.new_run_dir(cfg, "bench-experiment"), progress=_quiet)
+    seconds = time.monotonic() - t0
+    t0 = time.monotonic()
+    report.render(Path(exp["run_dir"]))
+    render_s = time.monotonic() - t0
+    over = next((sc["trace_overhead"] for sc in exp["scenarios"] if sc.get("trace_overhead")), {})
+    return {"seconds": round(seconds, 1), "report_render_s": round(render_s, 2), "trace_overhead": over,
+            "verdicts": {sc["name"]: sc["verdict"] for sc in exp["scenarios"]}, "run_dir": exp["run_dir"]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="config (default: configs/default.yaml)")
@@ -76,6 +97,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--calls", type=int, default=5000)
     p.add_argument("--kernel-tree", metavar="PATH", help="measure on this kernel tree (e.g. a v5.4 checkout)")
+    p.add_argument("--experiment-config", help="experiment config (default: configs/experiments.yaml)")
     p.add_argument("--out", default="runs/bench.json")
     args = p.parse_args()
     cfg = config.load(args.config)
@@ -102,6 +124,8 @@ def main() -> int:
     fig["rebuild_one_line"] = rebuild_after_patch_change(cfg, Path(tempfile.mkdtemp(prefix="bench-kb-")))
     print("call rates in L2 ...", flush=True)
     fig["rates"] = call_rates(cfg, args.repeat, args.calls)
+    print("migration experiments (six scenarios) ...", flush=True)
+    fig["experiment"] = experiment_figures(args.experiment_config, args.kernel_tree)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(fig, indent=1))
     r = fig["rates"]
@@ -120,6 +144,12 @@ def main() -> int:
     print(f"getppid calls/s (recorded):       {m['getppid_recorded']}  (bare {m['getppid_bare']})")
     print(f"recording overhead:               host_cpuid {r['recording_overhead_pct']['hostcpuid']} %, "
           f"getppid {r['recording_overhead_pct']['getppid']} %")
+    e = fig["experiment"]
+    to = e["trace_overhead"]
+    print(f"six-scenario experiment (warm):   {e['seconds']} s  ({', '.join(f'{k} {v}' for k, v in e['verdicts'].items())})")
+    print(f"L1 tracing overhead:              {to.get('overhead_pct')} % (host_cpuid calls/s on "
+          f"{to.get('calls_per_s_tracing_on')}, off {to.get('calls_per_s_tracing_off')}, medians of {to.get('rounds')})")
+    print(f"report rendering (stored run):    {e['report_render_s']} s")
     print(f"saved: {args.out}")
     return 0
 

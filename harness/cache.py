@@ -29,7 +29,17 @@ def cache_root() -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = Path(base) / APP
     root.mkdir(parents=True, exist_ok=True)
+    private(root)
     return root
+
+
+def private(path: Path) -> None:
+    """Readable by the invoking user only (SSH keys, sockets, run data on a shared machine)."""
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError:
+        pass  # not ours (e.g. a shared cache set up by an admin): leave it as it is
 
 
 def file_digest(path: Union[str, Path]) -> str:

@@ -70,6 +70,41 @@ def cmd_run(args) -> int:
     return 0 if summary["verdict"] == "ok" else 1
 
 
+def cmd_experiment(args) -> int:
+    from . import experiment, report
+
+    if not args.config:
+        args.config = str(experiment.DEFAULT_EXPERIMENT)
+    cfg = _config(args)
+    exp = experiment.run_experiment(cfg, names=args.scenarios or None, repeat=args.repeat,
+                                    out=Path(args.out) if args.out else None)
+    print()
+    print(experiment_lines(exp))
+    print(f"report: {Path(exp['run_dir']) / 'report.html'} (and report.md, plots/, experiments.json)")
+    return 1 if exp.get("verdict") not in ("ok", None) or any(s["verdict"] == "not-met" for s in exp["scenarios"]) \
+        else 0
+
+
+def experiment_lines(exp: dict) -> str:
+    lines = []
+    for sc in exp["scenarios"]:
+        st = sc["stats"]["changes_per_10k"]
+        ci = f" ± {st['ci95']}" if st.get("ci95") is not None else ""
+        gts = "; ".join(f"vCPU {v}: agreement {pv['ground_truth']['agreement']}, explained "
+                        f"{pv['ground_truth']['changes_explained']}" for v, pv in sc["per_vcpu"].items())
+        lines.append(f"{sc['name']:<11} {sc['verdict']:<12} {st['mean']}{ci} changes/10k calls; {gts}")
+        lines.append(f"{'':<11} {sc['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    path = report.render(Path(args.run_dir))
+    print(f"report: {path} (and report.md, plots/, experiments.json)")
+    return 0
+
+
 def cmd_build(args) -> int:
     from . import run
 
@@ -103,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", help="write results here (default: <output>/<timestamp>-run)")
     r.add_argument("-o", "--output", help="parent directory of run directories (config key: output)")
     r.set_defaults(func=cmd_run)
+    e = sub.add_parser("experiment", help="the migration experiments: scenarios with L1 ground truth, plots, report")
+    _common(e)
+    e.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="scenario names (default: all of the config)")
+    e.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times (95 %% intervals)")
+    e.add_argument("--out", metavar="DIR", help="run directory (default: <output>/<timestamp>-experiment)")
+    e.set_defaults(func=cmd_experiment)
+    rp = sub.add_parser("report", help="re-render report.html/report.md/plots of a run directory (boots nothing)")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.set_defaults(func=cmd_report)
     b = sub.add_parser("build", help="build kernels, root filesystems and the workload only (cached)")
     _common(b)
     b.add_argument("--log-dir", default="build-logs", help="where build logs go (default: ./build-logs)")

@@ -87,9 +87,25 @@ class L2Config:
             raise ConfigError(f"{where}l2.memory_mb: at least 128, got {self.memory_mb}")
 
 
+KINDS = ("pinned", "unpinned", "loaded", "overcommit", "repin", "hotplug")
+ACTIONS = ("repin", "offline", "online")
+
+
+@dataclass
+class Action:
+    """Something the harness does in L1 while the workload runs (scenario kinds repin, hotplug)."""
+    at_s: float              # seconds after the workload started
+    do: str                  # repin: move vCPU `vcpu`'s thread to pCPU `cpu`; offline/online: L1 CPU `cpu`
+    cpu: int
+    vcpu: Optional[int] = None
+
+
 @dataclass
 class Scenario:
     name: str
+    # what the scenario demonstrates; its expectation is checked (harness/scenarios.py).
+    # "" = derived: loaded with host_load, pinned with pins, else unpinned
+    kind: str = ""
     # vCPU index -> L1 CPU its thread is pinned to with taskset; empty = not pinned
     pin: Dict[int, int] = field(default_factory=dict)
     # vCPUs the workload runs on (one pinned process each, concurrently); empty = all
@@ -100,6 +116,16 @@ class Scenario:
     host_load: int = 0
     # also run the workload in getppid mode and bare (unrecorded) mode for comparison
     compare: bool = False
+    # mid-run actions in L1, in time order
+    actions: List[Action] = field(default_factory=list)
+    # measure the L1 tracer's cost: calls/s with tracing on and off, interleaved
+    trace_overhead: bool = False
+
+    @property
+    def resolved_kind(self) -> str:
+        if self.kind:
+            return self.kind
+        return "loaded" if self.host_load else "pinned" if self.pin else "unpinned"
 
     def validate(self, where: str, l1: L1Config, l2: L2Config) -> None:
         key = f"{where}scenarios[{self.name}]"
@@ -119,6 +145,54 @@ class Scenario:
             raise ConfigError(f"{key}.duration_s: must be > 0")
         if self.host_load < 0:
             raise ConfigError(f"{key}.host_load: must be >= 0")
+        if self.kind and self.kind not in KINDS:
+            raise ConfigError(f"{key}.kind: must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        last = 0.0
+        for i, a in enumerate(self.actions):
+            akey = f"{key}.actions[{i}]"
+            if a.do not in ACTIONS:
+                raise ConfigError(f"{akey}.do: must be one of {', '.join(ACTIONS)}, not {a.do!r}")
+            if a.at_s < last:
+                raise ConfigError(f"{akey}.at_s: actions must be in time order ({a.at_s} < {last})")
+            last = a.at_s
+            if not 0 <= a.cpu < l1.cpus:
+                raise ConfigError(f"{akey}.cpu: pCPU {a.cpu} does not exist (l1.cpus = {l1.cpus})")
+            if a.do == "repin" and (a.vcpu is None or not 0 <= a.vcpu < l2.cpus):
+                raise ConfigError(f"{akey}.vcpu: a repin needs an existing vCPU (l2.cpus = {l2.cpus})")
+            if a.do != "repin" and a.vcpu is not None:
+                raise ConfigError(f"{akey}.vcpu: only a repin names a vCPU")
+            if a.do == "offline" and a.cpu == 0:
+                raise ConfigError(f"{akey}.cpu: CPU 0 cannot be taken offline on arm64")
+        if self.actions and (self.duration_s is None or self.duration_s <= last):
+            raise ConfigError(f"{key}.duration_s: actions need the workload to run longer than the last "
+                              f"action (at {last} s)")
+        kind = self.resolved_kind
+        need = {
+            "pinned": (bool(self.pin), "needs pin"),
+            "loaded": (self.host_load > 0, "needs host_load > 0"),
+            "overcommit": (len(self.pin) >= 2 and len(set(self.pin.values())) < len(self.pin)
+                           or l2.cpus > l1.cpus, "needs two vCPUs pinned to one pCPU (or l2.cpus > l1.cpus)"),
+            "repin": ([a.do for a in self.actions] == ["repin"] and self.actions[0].vcpu in self.pin,
+                      "needs its vCPU pinned first and exactly one repin action"),
+            "hotplug": ("offline" in [a.do for a in self.actions], "needs an offline action"),
+        }
+        ok, why = need.get(kind, (True, ""))
+        if not ok:
+            raise ConfigError(f"{key}: kind {kind} {why}")
+
+
+@dataclass
+class TraceConfig:
+    """Which HVCs L1's tracer counts as host_cpuid calls.  Default: the kernel profile's
+    function ID.  A submission with its own design: its x0 value and/or HVC immediate."""
+    func_id: Optional[int] = None
+    imm: Optional[int] = None
+
+    def validate(self, where: str) -> None:
+        if self.func_id is not None and not 0 <= self.func_id <= 0xFFFFFFFF:
+            raise ConfigError(f"{where}trace.func_id: a 32-bit function ID, got {self.func_id:#x}")
+        if self.imm is not None and not 0 <= self.imm <= 0xFFFF:
+            raise ConfigError(f"{where}trace.imm: an HVC immediate is 16 bits, got {self.imm}")
 
 
 @dataclass
@@ -127,6 +201,7 @@ class Config:
     patches: PatchConfig = field(default_factory=PatchConfig)
     l1: L1Config = field(default_factory=L1Config)
     l2: L2Config = field(default_factory=L2Config)
+    trace: TraceConfig = field(default_factory=TraceConfig)
     scenarios: List[Scenario] = field(default_factory=list)
     output: str = "runs"  # run directories go here (relative to the current directory)
     source_file: Optional[str] = None  # where it was loaded from (not a YAML key)
@@ -136,6 +211,7 @@ class Config:
         self.kernel.validate(where)
         self.l1.validate(where)
         self.l2.validate(where)
+        self.trace.validate(where)
         names = set()
         for s in self.scenarios:
             s.validate(where, self.l1, self.l2)

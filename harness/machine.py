@@ -9,7 +9,6 @@ cleanup, in the spirit of QEMU's python/qemu/machine:
 from __future__ import annotations
 
 import os
-import platform
 import socket
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Dict, List, Optional
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from . import procs
+from . import accel, procs
 from .console import Console
 from .deadline import Deadline
 from .errors import BootError, InfraError
@@ -32,11 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def kvm_usable() -> bool:
-    """Can this host run arm64 guests with KVM (an aarch64 host with /dev/kvm)?"""
-    return platform.machine() in ("aarch64", "arm64") and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
 @dataclass
@@ -54,9 +48,11 @@ class MachineSpec:
     forwards: Dict[str, int] = field(default_factory=lambda: {"ssh": 22})
 
     def accelerator(self) -> str:
-        if self.accel == "auto":
-            return "kvm" if kvm_usable() else "tcg"
-        return self.accel
+        return self.accel_decision().accel
+
+    def accel_decision(self) -> accel.Decision:
+        """KVM (with EL2 for L1) or TCG, and why: harness/accel.py probes QEMU once."""
+        return accel.decide_once(self.accel)
 
     def argv(self, ports: Dict[str, int], qmp_path: Path) -> List[str]:
         accel = self.accelerator()

@@ -22,7 +22,9 @@ from .ssh import Session
 # ports inside L1 (an isolated machine: fixed numbers are fine there)
 L2_SSH_PORT = 2222
 L2_QMP_PORT = 4444
-L1_FORWARDS = {"ssh": 22, "l2-ssh": L2_SSH_PORT, "l2-qmp": L2_QMP_PORT}
+# L2's QMP is not forwarded: it listens on L1's loopback only and the harness reaches it
+# through its authenticated SSH session (no unauthenticated QMP for other local users)
+L1_FORWARDS = {"ssh": 22, "l2-ssh": L2_SSH_PORT}
 RUN = "/run/l2"
 QEMU_EXITED = "L2's QEMU exited inside L1"
 
@@ -44,7 +46,7 @@ class GuestSpec:
             "-smp", str(self.cpus), "-m", str(self.memory_mb),
             "-nodefaults", "-no-reboot", "-display", "none", "-daemonize",
             "-pidfile", f"{RUN}/qemu.pid", "-serial", f"file:{RUN}/console.log", "-monitor", "none",
-            "-qmp", f"tcp:0.0.0.0:{L2_QMP_PORT},server=on,wait=off",
+            "-qmp", f"tcp:127.0.0.1:{L2_QMP_PORT},server=on,wait=off",
             "-kernel", self.kernel, "-initrd", self.initrd, "-append", append,
             "-netdev", f"user,id=n0,hostfwd=tcp::{L2_SSH_PORT}-:22",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
@@ -85,17 +87,19 @@ class Guest:
     def _connect_qmp(self, deadline: Deadline) -> None:
         last = None
         while not deadline.expired():
-            qmp = QEMUMonitorProtocol(("127.0.0.1", self.l1.ports["l2-qmp"]))
+            qmp = None
             try:
+                qmp = QEMUMonitorProtocol(self.l1_ssh.open_socket("127.0.0.1", L2_QMP_PORT))
                 qmp.connect(negotiate=True)
                 self.qmp = qmp
                 return
-            except Exception as e:  # noqa: BLE001 - slirp accepts before QEMU answers: retry
+            except Exception as e:  # noqa: BLE001 - not listening yet, or not answering yet: retry
                 last = e
-                try:
-                    qmp.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                if qmp is not None:
+                    try:
+                        qmp.close()
+                    except Exception:  # noqa: BLE001
+                        pass
                 time.sleep(0.3)
         raise StageTimeout(f"{deadline.stage}: L2's QMP did not answer ({last})", stage=deadline.stage)
 

@@ -9,18 +9,20 @@ scenarios, fetch and analyse the traces, write the run directory.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import analysis, images, kbuild, profiles, sources, workload
+from . import analysis, cache, groundtruth, hosttrace, images, kbuild, kernelrefs, profiles, scenarios, sources, workload
 from .config import Config, Scenario
 from .console import scan
 from .deadline import Deadline
-from .errors import BootError, HarnessError, TraceError, WorkloadError
+from .errors import BootError, ConfigError, HarnessError, TraceError, WorkloadError
 from .kbuild import KernelBuild
 from .machine import Machine, MachineSpec
 from .nested import L1_FORWARDS, Guest, GuestSpec
@@ -34,6 +36,9 @@ L1_BOOT_S = 90
 L1_SSH_S = 60
 L2_LAUNCH_S = 60
 L2_SSH_S = 120
+# below this fraction of calls agreeing with L1's trace, the values are not the pCPU (a
+# correct handler can lose a race with a migration between the HVC and reading vcpu->cpu)
+AGREEMENT_MIN = 0.99
 
 
 @dataclass
@@ -100,6 +105,7 @@ class Stack:
         self.l1_ssh = None
         self.l2_ssh = None
         self.timings: Dict[str, float] = {}
+        self.accel: dict = {}
 
     def __enter__(self) -> "Stack":
         try:
@@ -120,7 +126,9 @@ class Stack:
         spec = MachineSpec(name="l1", kernel=art.host.image, rootfs=art.l1_rootfs, payload=payload,
                            cpus=cfg.l1.cpus, memory_mb=cfg.l1.memory_mb, cpu_model=cfg.l1.cpu_model,
                            accel=cfg.l1.accel, append=cfg.l1.append, forwards=dict(L1_FORWARDS))
-        self.progress(f"booting L1 ({spec.accelerator()}, {spec.cpus} CPUs, {spec.cpu_model})")
+        decision = spec.accel_decision()
+        self.accel = decision.to_dict()
+        self.progress(f"booting L1 ({decision.accel}: {decision.reason}; {spec.cpus} CPUs, {spec.cpu_model})")
         self.l1 = Machine(spec, self.run_dir, art.identity, self.progress)
         boot = Deadline(L1_BOOT_S, "l1-boot")
         self.l1.launch(boot)
@@ -206,36 +214,56 @@ def _start_load(l1_ssh, n: int) -> List[int]:
 
 
 def run_scenario(stack: Stack, sc: Scenario, out_dir: Path, progress: Progress = print) -> dict:
+    """One scenario: pins, host load, the workload on each vCPU, mid-run actions, with
+    L1's tracer recording the vCPU threads; then the traces, the per-call cross-check
+    against L1 and the scenario's expectation."""
     cfg, art = stack.cfg, stack.art
     nr = art.profile.syscall_nr
+    key = call_key(cfg, art.profile)
     vcpus = sc.vcpus or list(range(cfg.l2.cpus))
+    kind = sc.resolved_kind
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = stack.l2.pin(sc.pin)
+    tracer = hosttrace.HostTracer(stack.l1_ssh)
+    affinity = {"start": hosttrace.affinity(stack.l1_ssh, threads)}
     loads = _start_load(stack.l1_ssh, sc.host_load)
-    progress(f"scenario {sc.name}: {sc.calls} calls on vCPUs {vcpus}"
-             + (f", pins {sc.pin}" if sc.pin else ", unpinned") + (f", {sc.host_load} busy loops in L1" if loads else ""))
+    progress(f"scenario {sc.name} ({kind}): " + (f"{sc.duration_s:g} s" if sc.duration_s else f"{sc.calls} calls")
+             + f" on vCPUs {vcpus}" + (f", pins {sc.pin}" if sc.pin else ", unpinned")
+             + (f", {sc.host_load} busy loops in L1" if loads else "")
+             + (f", {len(sc.actions)} actions" if sc.actions else ""))
+    actions: List[dict] = []
+    trace_stats: dict = {}
     try:
+        tracer.start(threads)
         runs = []
         for v in vcpus:
             argv = workload.workload_argv(count=sc.calls, duration=sc.duration_s, vcpu=v, syscall_nr=nr,
                                           out=f"/tmp/trace-{sc.name}-{v}.bin")
             runs.append((v, argv, stack.l2_ssh.start(argv)))
+        started = time.monotonic()
+        if sc.actions:
+            actions = scenarios.run_actions(stack.l1_ssh, tracer, sc.actions, threads, sc.pin, started, progress)
         budget = (sc.duration_s or 0) + sc.calls * 0.005 + 60
-        results = {}
         for v, argv, chan in runs:
             res = stack.l2_ssh.finish(chan, argv, timeout=budget, stage=f"workload ({sc.name})")
             if res.rc != 0:
                 raise WorkloadError(f"scenario {sc.name}: workload on vCPU {v} exited {res.rc}: "
                                     f"{res.err.strip()[-300:]}", stage=f"workload ({sc.name})",
                                     tail=res.out + res.err)
-            results[v] = res
-        compare = {}
-        if sc.compare:
-            compare = _compare(stack, vcpus[0], sc, nr)
+        trace_stats = tracer.stop(out_dir / "l1-trace.txt")
+        affinity["end"] = hosttrace.affinity(stack.l1_ssh, threads)
+        compare = _compare(stack, vcpus[0], sc, nr) if sc.compare else {}
+        overhead = trace_overhead(stack, tracer, vcpus[0], threads, nr) if sc.trace_overhead else {}
     finally:
         if loads:
             stack.l1_ssh.run(["kill", *map(str, loads)], check=False)
+        for a in sc.actions:  # a CPU taken offline comes back whatever happened
+            if a.do == "offline":
+                stack.l1_ssh.run(["sh", "-c", f"echo 1 > /sys/devices/system/cpu/cpu{a.cpu}/online"], check=False)
+    host = groundtruth.parse(out_dir / "l1-trace.txt")
+    t0 = groundtruth.first_ts(host)
     per_vcpu = {}
+    rets = {}
     for v in vcpus:
         local = stack.l2_ssh.get(f"/tmp/trace-{sc.name}-{v}.bin", out_dir / f"vcpu{v}.bin")
         tr = read_trace(local)
@@ -243,14 +271,52 @@ def run_scenario(stack: Stack, sc: Scenario, out_dir: Path, progress: Progress =
             raise TraceError(f"{local}: {len(tr)} samples, {sc.calls} requested", stage="trace")
         tr.to_csv(out_dir / f"vcpu{v}.csv")
         s = analysis.summarize_trace(tr)
-        if v in sc.pin:
+        if v in sc.pin and not sc.actions:  # a re-pin or hotplug moves it on purpose: the expectation judges
             s["pinned_to"] = sc.pin[v]
             s["pin_respected"] = s["verdict"] == "ok" and set(s["pcpus"]) == {sc.pin[v]}
         if s["observed_vcpus"] != [v]:
             s["vcpu_pinning_in_guest_failed"] = True
+        rets[str(v)] = list(tr.ret)
+        s["ground_truth"] = groundtruth.cross_check(host, threads[v], rets[str(v)], key, t0)
         per_vcpu[str(v)] = s
-    return {"name": sc.name, "pin": sc.pin, "host_load": sc.host_load, "calls": sc.calls,
-            "vcpu_threads": {str(k): t for k, t in threads.items()}, "per_vcpu": per_vcpu, "compare": compare}
+    result = {"name": sc.name, "kind": kind, "expectation": scenarios.EXPECTATIONS[kind], "pin": sc.pin,
+              "host_load": sc.host_load, "calls": sc.calls, "duration_s": sc.duration_s, "l1_cpus": cfg.l1.cpus,
+              "vcpu_threads": {str(k): t for k, t in threads.items()}, "affinity": affinity, "actions": actions,
+              "l1_trace": {"file": os.path.relpath(out_dir / "l1-trace.txt", stack.run_dir), "t0": t0, "hvc_events": len(host.hvcs), "switches": len(host.switches),
+                           "migrations": len(host.migrations), "unparsed_lines": host.unparsed, **trace_stats},
+              "hvc_calls": groundtruth.hvc_calls(host, threads),
+              "time_sharing": groundtruth.time_sharing(host, {v: threads[v] for v in vcpus}),
+              "per_vcpu": per_vcpu, "compare": compare, "trace_overhead": overhead}
+    result.update(scenarios.check(kind, result, host, rets, {v: threads[v] for v in vcpus}, key))
+    return result
+
+
+def call_key(cfg: Config, profile: profiles.Profile) -> groundtruth.CallKey:
+    """Which HVCs are host_cpuid calls: the profile's function ID unless the config names
+    another (a submission's own ID or HVC immediate)."""
+    t = cfg.trace
+    return groundtruth.CallKey(func_id=profile.hvc_func_id if t.func_id is None else t.func_id, imm=t.imm)
+
+
+def trace_overhead(stack: Stack, tracer: hosttrace.HostTracer, v: int, threads: Dict[int, int], nr: int,
+                   calls: int = 3000, rounds: int = 4) -> dict:
+    """host_cpuid calls/s on vCPU v with L1's tracing on and off, alternated in one run
+    (medians over ``rounds`` pairs): what recording the ground truth costs."""
+    rates: Dict[str, List[float]] = {"on": [], "off": []}
+    tracer.start(threads)
+    try:
+        for i in range(rounds):
+            for state in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                tracer.pause(state == "on")
+                argv = workload.workload_argv(count=calls, vcpu=v, syscall_nr=nr, bare=True, out=None)
+                res = stack.l2_ssh.run(argv, timeout=calls * 0.01 + 60, stage="trace-overhead")
+                rates[state].append(workload.parse_summary_line(res.out)["calls_per_s"])
+    finally:
+        tracer.stop(stack.run_dir / "logs" / "trace-overhead-l1-trace.txt")
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    return {"calls_per_s_tracing_on": round(on, 1), "calls_per_s_tracing_off": round(off, 1),
+            "overhead_pct": round(100.0 * (off - on) / off, 2) if off else None, "rounds": rounds,
+            "calls_per_round": calls}
 
 
 def call_rates(stack: Stack, v: int, calls: int, nr: int) -> Dict[str, dict]:
@@ -288,6 +354,7 @@ def new_run_dir(cfg: Config, name: str = "run") -> Path:
         n += 1
         run_dir = base / f"{stamp}-{name}-{n}"
     (run_dir / "logs").mkdir(parents=True)
+    cache.private(run_dir)  # consoles, traces, L1's QMP socket: the invoking user's only
     latest = base / "latest"
     try:
         if latest.is_symlink() or latest.exists():
@@ -307,14 +374,45 @@ def overall_verdict(scenarios: List[dict], findings: List[dict]) -> str:
         return "kernel-bug"
     if any(s.get("pin_respected") is False for sc in scenarios for s in sc["per_vcpu"].values()):
         return "wrong-pcpu"
+    gts = [s.get("ground_truth") or {} for sc in scenarios for s in sc["per_vcpu"].values() if s["verdict"] == "ok"]
+    if any(g and not g.get("aligned") for g in gts):
+        return "hvc-mismatch"   # the guest did not issue exactly one hypercall per call
+    if any(g and g.get("agreement") is not None and g["agreement"] < AGREEMENT_MIN for g in gts):
+        return "wrong-pcpu"     # the values disagree with the CPU L1 handled the HVC on
     if words == {"ok"}:
         return "ok"
     return sorted(words - {"ok"})[0] if words - {"ok"} else "ok"
 
 
-def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = print) -> dict:
+def _patch_text(cfg: Config, art: Artefacts) -> str:
+    try:
+        p = load_patch(cfg.patches.host, "host", art.profile, cfg)
+        return p.data.decode("utf-8", "replace") if p is not None else ""
+    except HarnessError:
+        return ""
+
+
+def select_scenarios(cfg: Config, names: Optional[List[str]] = None) -> List[Scenario]:
+    """The config's scenarios, or the named ones in the given order (unknown name: error)."""
+    have = {sc.name: sc for sc in cfg.scenarios}
+    if not names:
+        return cfg.scenarios or [Scenario(name="default")]
+    unknown = [n for n in names if n not in have]
+    if unknown:
+        raise ConfigError(f"{cfg.source_file or 'config'}: no scenario named {unknown[0]!r} "
+                          f"(this config has: {', '.join(have) or 'none'})")
+    return [have[n] for n in names]
+
+
+def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = print,
+             only: Optional[List[str]] = None, repeat: int = 1) -> dict:
     """Everything, end to end.  Returns the summary (also in run_dir/summary.json).
-    Harness failures raise HarnessError after the partial summary and logs are written."""
+    ``only`` names the scenarios to run; ``repeat`` runs each of them that many times
+    (traces in traces/<name>/rep<i>/).  Harness failures raise HarnessError after the
+    partial summary and logs are written."""
+    scenarios_to_run = select_scenarios(cfg, only)
+    if repeat < 1:
+        raise ConfigError(f"--repeat must be >= 1, not {repeat}")
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -333,13 +431,19 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
         })
         for b in (art.host, art.guest):
             shutil.copyfile(b.config, run_dir / "logs" / f"{b.role}-kernel.config")
-        scenarios = cfg.scenarios or [Scenario(name="default")]
+        summary["kernel_refs"] = kernelrefs.find_refs(art.source.root, _patch_text(cfg, art))
+        summary["repeat"] = repeat
         with Stack(cfg, art, run_dir, progress) as stack:
             summary["timings"] = stack.timings
+            summary["l1_accel"] = stack.accel
             results = []
-            for sc in scenarios:
-                results.append(run_scenario(stack, sc, run_dir / "traces" / sc.name, progress))
-                summary["scenarios"] = results
+            for rep in range(repeat):
+                for sc in scenarios_to_run:
+                    out = run_dir / "traces" / sc.name / (f"rep{rep}" if repeat > 1 else "")
+                    res = run_scenario(stack, sc, out, progress)
+                    res["repetition"] = rep
+                    results.append(res)
+                    summary["scenarios"] = results
             findings = stack.kernel_findings()
         summary["kernel_log_findings"] = findings
         summary["verdict"] = overall_verdict(results, findings)
@@ -347,7 +451,11 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
         if summary["verdict"] == "kernel-bug":
             summary["verdict_text"] = "the kernel logged: " + "; ".join(f["line"] for f in findings[:3])
         elif summary["verdict"] == "wrong-pcpu":
-            summary["verdict_text"] = "a pinned vCPU reported a pCPU other than the one its thread was pinned to"
+            summary["verdict_text"] = ("the returned values are not the pCPU running the vCPU: a pinned vCPU reported "
+                                       "another pCPU, or the values disagree with the CPU that handled the HVC in L1")
+        elif summary["verdict"] == "hvc-mismatch":
+            summary["verdict_text"] = ("L1's trace does not show exactly one hypercall with the expected function ID "
+                                       "per call (see ground_truth per vCPU)")
     except HarnessError as e:
         summary["verdict"] = "error"
         summary["error"] = e.to_dict()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import shlex
+import select
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +152,20 @@ class Session:
         except (OSError, paramiko.SSHException) as e:
             raise InfraError(f"{self.name}: SFTP put {remote} failed: {e}", stage="sftp") from None
 
+    def open_socket(self, host: str, port: int) -> socket.socket:
+        """A local socket connected, through this authenticated session, to host:port as
+        seen from the guest (an SSH direct-tcpip channel; nothing listens on the host).
+        A thread pumps bytes until either side closes."""
+        try:
+            chan = self.client.get_transport().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
+                                                            timeout=10)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise InfraError(f"{self.name}: cannot reach {host}:{port} through SSH: {e}", stage="ssh-forward") \
+                from None
+        mine, theirs = socket.socketpair()
+        threading.Thread(target=_pump, args=(theirs, chan), daemon=True, name=f"ssh-fwd-{port}").start()
+        return mine
+
     def close(self) -> None:
         try:
             if self._sftp:
@@ -157,3 +173,28 @@ class Session:
             self.client.close()
         except Exception:  # noqa: BLE001 - teardown
             pass
+
+
+def _pump(sock: socket.socket, chan: paramiko.Channel) -> None:
+    """Copy bytes both ways between a local socket and an SSH channel until one closes."""
+    try:
+        while True:
+            ready, _, _ = select.select([sock, chan], [], [], 1.0)
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chan.sendall(data)
+            if chan in ready:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                sock.sendall(data)
+    except (OSError, paramiko.SSHException, EOFError):
+        pass
+    finally:
+        for end in (chan, sock):
+            try:
+                end.close()
+            except Exception:  # noqa: BLE001 - teardown
+                pass

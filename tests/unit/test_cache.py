@@ -274,3 +274,18 @@ def test_tree_digest_ignore_and_symlinks(tmp_path):
     (t / "link").unlink()
     os.symlink("d/b.txt", t / "link")
     assert cache.tree_digest(t) != d_link  # symlinks hash by target
+
+
+def test_cache_root_and_run_dirs_are_private(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from harness import config, run
+
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "c"))
+    os.umask(0o022)
+    root = cache.cache_root()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    cfg = config.from_dict({"output": str(tmp_path / "runs")})
+    d = run.new_run_dir(cfg)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700

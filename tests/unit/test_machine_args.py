@@ -69,20 +69,22 @@ def test_l1_argv_extra_append_and_cpu_model():
     assert opt(argv, "-cpu") == ["cortex-a72"] and opt(argv, "-smp") == ["2"] and opt(argv, "-m") == ["1024"]
 
 
-def test_l1_argv_under_kvm():
+def test_l1_argv_under_kvm(monkeypatch):
+    from harness import accel
+
+    monkeypatch.setattr(accel, "decide_once", lambda req: accel.Decision("kvm", "probe ok"))
     argv = spec(accel="kvm").argv(PORTS, Path("/q"))
     assert opt(argv, "-accel") == ["kvm"] and opt(argv, "-cpu") == ["host"]
     assert "virtualization=on" in opt(argv, "-machine")[0]
 
 
-def test_auto_accel(monkeypatch):
-    from harness import machine
+def test_auto_accel_follows_the_decision(monkeypatch):
+    from harness import accel
 
-    monkeypatch.setattr(machine, "kvm_usable", lambda: False)
+    monkeypatch.setattr(accel, "decide_once", lambda req: accel.Decision("tcg", "x86 host"))
     assert spec(accel="auto").accelerator() == "tcg"
-    monkeypatch.setattr(machine, "kvm_usable", lambda: True)
+    monkeypatch.setattr(accel, "decide_once", lambda req: accel.Decision("kvm", "probe ok"))
     assert spec(accel="auto").accelerator() == "kvm"
-    assert spec(accel="tcg").accelerator() == "tcg"
 
 
 def test_missing_forward_port_is_a_key_error():
@@ -102,15 +104,16 @@ def test_l2_argv_uses_kvm_only():
     assert "-daemonize" in argv and "-no-reboot" in argv
     assert opt(argv, "-name") == ["l2,debug-threads=on"]  # vCPU threads named "CPU k/KVM" in L1
     assert opt(argv, "-append")[0].split()[-1] == "x=1" and "panic=-1" in opt(argv, "-append")[0]
-    assert f"tcp:0.0.0.0:{nested.L2_QMP_PORT},server=on,wait=off" in opt(argv, "-qmp")
+    # QMP on L1's loopback only: reached through the SSH session, never forwarded to a host port
+    assert opt(argv, "-qmp") == [f"tcp:127.0.0.1:{nested.L2_QMP_PORT},server=on,wait=off"]
     assert f"hostfwd=tcp::{nested.L2_SSH_PORT}-:22" in opt(argv, "-netdev")[0]
     assert opt(argv, "-pidfile") == [f"{nested.RUN}/qemu.pid"]
     assert opt(argv, "-kernel") == ["/payload/Image"] and opt(argv, "-initrd") == ["/payload/initramfs.cpio.gz"]
 
 
-def test_l1_forwards_cover_l2_ports():
+def test_l1_forwards_cover_l2_ssh_but_not_its_qmp():
     assert nested.L1_FORWARDS["l2-ssh"] == nested.L2_SSH_PORT
-    assert nested.L1_FORWARDS["l2-qmp"] == nested.L2_QMP_PORT
+    assert nested.L2_QMP_PORT not in nested.L1_FORWARDS.values()
 
 
 # -- analysis ------------------------------------------------------------------------------

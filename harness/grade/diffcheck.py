@@ -227,7 +227,7 @@ def check(data: Optional[bytes], role: str, tree: Optional[Path] = None) -> Diff
             rep.flags.append("made on another tree version (index blob ids differ): " + ", ".join(mism))
         rep.apply, rep.apply_detail = apply_mode(rep.normalized, tree)
         if rep.apply in ("offset", "fuzz"):
-            rep.flags.append(f"applies only with {rep.apply} ({rep.apply_detail}): made on another 5.4.y?")
+            rep.flags.append(f"applies only with {rep.apply} ({rep.apply_detail}): made on another kernel version?")
     return rep
 
 

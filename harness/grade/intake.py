@@ -86,7 +86,7 @@ def member_refusal(info: zipfile.ZipInfo, limits: Limits) -> Optional[str]:
     if info.flag_bits & 0x1:
         return "encrypted member"
     mode = info.external_attr >> 16
-    if info.create_system == 3 and mode:  # unix attributes present
+    if info.create_system == 3 and stat.S_IFMT(mode):  # unix file type present
         if stat.S_ISLNK(mode):
             return "symbolic link"
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):

@@ -152,7 +152,8 @@ def host_evidence(text: Optional[str]) -> dict:
                     r"^\s*val(?:\[0\])?\s*=\s*(.+);", r"^\s*(?:ret|res|result|cpu|pcpu)\s*=\s*(.+);",
                     r"^\s*return\s+(.+);"):
             r = re.search(pat, s)
-            if r and not re.fullmatch(r"\s*(?:1|0|ret|val|-?E\w+|kvm_psci_call\(vcpu\))\s*", r.group(1)):
+            trivial = r"\s*(?:1|0|ret|val|-?E\w+|kvm_psci_call\(vcpu\))\s*" if "return" in pat else r"\s*(?:ret|val)\s*"
+            if r and not re.fullmatch(trivial, r.group(1)):
                 ev["returns"].append({"file": f, "function": ctx, "line": s, "value": classify_value(r.group(1))})
                 break
     counts = {k: sum(b.count(k + "(") for b in body) for k in ("preempt_disable", "preempt_enable",
@@ -164,28 +165,50 @@ def host_evidence(text: Optional[str]) -> dict:
         ev["notes"].append("get_cpu() without a matching put_cpu()")
     if counts["printk"] + counts["pr_info"] + counts["kvm_info"]:
         ev["notes"].append("prints on the hypercall path (a line per call?)")
-    ev["notes"] += fallthrough_notes(body)
+    ev["notes"] += fallthrough_notes(added_runs(text))
     ev["defines"] = {k: v for k, v in defs.items()}
     return ev
 
 
-def fallthrough_notes(body: List[str]) -> List[str]:
-    """A new ``case X:`` whose added block reaches the next label without break/return."""
+def added_runs(text: str) -> List[List[str]]:
+    """Runs of consecutive added lines (a case's body is judged within its run)."""
+    runs: List[List[str]] = []
+    cur: List[str] = []
+    for line in text.splitlines():
+        if line.startswith("+") and not line.startswith("+++"):
+            cur.append(line[1:])
+        elif cur:
+            runs.append(cur)
+            cur = []
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def fallthrough_notes(runs: List[List[str]]) -> List[str]:
+    """A new ``case X:`` with statements of its own that reach the next label, or the end
+    of the added lines, without break/return (stacked labels are not a fall-through)."""
     notes = []
-    for i, b in enumerate(body):
-        m = re.match(r"^\s*case\s+([^:]+):", b)
-        if not m:
-            continue
-        for nxt in body[i + 1:]:
-            s = nxt.strip()
-            if re.match(r"^(break|return\b|goto\b)", s) or "fallthrough" in s:
-                break
-            if re.match(r"^(case\s|default\s*:)", s):
-                notes.append(f"case {m.group(1).strip()}: falls through to '{s}'")
-                break
-        else:
-            notes.append(f"case {m.group(1).strip()}: no break/return among its added lines "
-                         "(it runs into the code after it)")
+    for run in runs:
+        code = [re.sub(r"/\*.*?\*/|//.*$", "", b).strip() for b in run]
+        code = [c for c in code if c and not c.startswith(("*", "/*"))]
+        for i, s in enumerate(code):
+            m = re.match(r"^case\s+([^:]+):", s)
+            if not m:
+                continue
+            stmts = False
+            for nxt in code[i + 1:]:
+                if re.match(r"^(break|return\b|goto\b)", nxt) or "fallthrough" in nxt:
+                    break
+                if re.match(r"^(case\s|default\s*:)", nxt):
+                    if stmts:
+                        notes.append(f"case {m.group(1).strip()}: falls through to '{nxt}'")
+                    break
+                stmts = True
+            else:
+                if stmts:
+                    notes.append(f"case {m.group(1).strip()}: no break/return after its statements "
+                                 "(it runs into the code after it)")
     return notes
 
 

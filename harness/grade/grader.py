@@ -80,6 +80,12 @@ def grade(path: Path, sub_id: str, ctx: Context) -> dict:
                "syscall_nr": ctx.profile.syscall_nr, "intake": sub.to_dict(), "report": report.to_dict(),
                "patches": {k: v.to_dict() for k, v in diffs.items()}, "evidence": evidence,
                "flags": list(sub.flags) + [f for d in diffs.values() for f in d.flags], "problems": list(sub.problems)}
+    if report.present and not report.valid:
+        results["problems"].append(f"report.pdf: {report.why}")
+    for role, name in (("host", "kvm.patch"), ("guest", "vm.patch")):
+        why = _unusable(diffs[role], name)
+        if why and sub.member(name) is not None:
+            results["problems"].append(why)
     pin = next((sc.pin for sc in ctx.base.scenarios if sc.pin), {})
     l1_cpus = ctx.base.l1.cpus
     pairings: Dict[str, PairingResult] = {}

@@ -28,6 +28,9 @@ def row(results: dict) -> Dict[str, str]:
     if results.get("status") != "graded":
         return {"submission": results["id"], "hypercall": "", "syscall": "", "report": "", "total": "",
                 "flags": "; ".join([f"NOT GRADED ({results.get('status')}): {results.get('error', '')}"] + flags)}
+    if results.get("mode") == "static":
+        return {"submission": results["id"], "hypercall": "", "syscall": "", "report": "", "total": "",
+                "flags": "; ".join(["static only: not built or booted"] + flags)}
     auto_report = (sc.get("report") or {}).get("points", 0.0)
     total = sum((sc.get(c) or {}).get("points", 0.0) for c in ("hypercall", "syscall")) + auto_report
     return {"submission": results["id"], "hypercall": _fmt((sc.get("hypercall") or {}).get("points")),

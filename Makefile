@@ -16,7 +16,7 @@ PYTHON := $(VENV)/bin/python
 APT_PACKAGES = $(shell $(SYSTEM_PYTHON) $(CURDIR)/harness/hostarch.py apt-packages)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-system setup-python run experiments test unit e2e bench clean lab-test lab-grade
+.PHONY: setup setup-system setup-python run experiments test unit e2e bench clean lab-test lab-grade grade grade-test-full
 
 setup: setup-system setup-python
 
@@ -63,3 +63,10 @@ lab-test: setup-python
 
 lab-grade: setup-python
 	$(PYTHON) -m harness.kvmlab grade $(SUBS) --out $(or $(OUT),lab-results) -j 2
+
+# hw2 (host_cpuid) submissions: see README "Grading hw2 submissions"
+grade: setup-python
+	$(PYTHON) -m harness grade $(SUBS) --out $(or $(OUT),grades) -j $(or $(J),1)
+
+grade-test-full: setup-python
+	$(PYTHON) -m pytest -q -rs -m grade_full tests/grade

@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_clean)
     k = sub.add_parser("cache-dir", help="print the cache directory")
     k.set_defaults(func=cmd_cache)
+    from .grade import cli as grade_cli  # kvm-harness grade / grade-merge (hw2 submissions)
+
+    grade_cli.add_parsers(sub, _common)
     return p
 
 

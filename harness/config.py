@@ -38,6 +38,7 @@ class KernelConfig:
     profile: str = "auto"
     jobs: int = 0  # 0 = number of CPUs
     ccache: bool = True
+    sandbox: bool = False  # build under bubblewrap (no network, writes to the worktree only)
 
     def validate(self, where: str) -> None:
         if self.source not in ("debian", "path", "git"):
@@ -64,6 +65,7 @@ class L1Config:
     cpu_model: str = "cortex-a57"
     accel: str = "auto"  # auto | tcg | kvm
     append: str = ""     # extra kernel command line
+    restrict_net: bool = False  # L1's user-mode network without outside access (restrict=on)
 
     def validate(self, where: str) -> None:
         if not 1 <= self.cpus <= 64:

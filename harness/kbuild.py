@@ -100,12 +100,13 @@ class Builder:
     """Builds kernels for one source tree and profile."""
 
     def __init__(self, source: SourceTree, profile: Profile, jobs: int = 0, use_ccache: bool = True,
-                 progress: Progress = print):
+                 progress: Progress = print, sandboxed: bool = False):
         self.source = source
         self.profile = profile
         self.jobs = jobs or os.cpu_count() or 2
         self.use_ccache = use_ccache and shutil.which("ccache") is not None
         self.progress = progress
+        self.sandboxed = sandboxed  # untrusted patches: make runs under bubblewrap (harness/sandbox.py)
         self.fragments = fragments_text(source, profile)
         self.cc_version = compiler_version()
         if not self.cc_version:
@@ -126,6 +127,15 @@ class Builder:
         if jobs:
             argv.append(f"-j{jobs}")
         return argv + list(targets)
+
+    def confined(self, argv: List[str]) -> List[str]:
+        """``argv`` as run: under the sandbox (no network, writes only to this worktree and
+        ccache, time and memory limits) when the builder is sandboxed."""
+        if not self.sandboxed:
+            return argv
+        from . import sandbox
+
+        return sandbox.confine(argv, writable=[self.work, cache.cache_root() / "ccache"])
 
     def make_env(self) -> Dict[str, str]:
         env = {"KBUILD_BUILD_USER": "harness", "KBUILD_BUILD_HOST": "harness",
@@ -211,7 +221,8 @@ class Builder:
         config = build / ".config"
         old = config.read_bytes() if config.exists() else None
         old_stat = config.stat() if config.exists() else None
-        procs.run(self.make_argv("allnoconfig") + [f"KCONFIG_ALLCONFIG={allconfig}"], stage="kernel-config",
+        procs.run(self.confined(self.make_argv("allnoconfig") + [f"KCONFIG_ALLCONFIG={allconfig}"]),
+                  stage="kernel-config",
                   log=log, env=self.make_env(), error=BuildError, what="make allnoconfig")
         if old is not None and config.read_bytes() == old:
             os.utime(config, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))  # no spurious rebuild
@@ -278,7 +289,7 @@ class Builder:
                                       f"{time.monotonic() - t0:.0f} s")
 
                 try:
-                    procs.run(self.make_argv("Image", jobs=self.jobs), stage="kernel-build", log=log,
+                    procs.run(self.confined(self.make_argv("Image", jobs=self.jobs)), stage="kernel-build", log=log,
                               env=self.make_env(), error=BuildError, what=f"make Image ({label})",
                               on_line=on_line)
                 except BuildError as e:

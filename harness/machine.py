@@ -46,6 +46,8 @@ class MachineSpec:
     append: str = ""
     # name -> guest TCP port forwarded from a free 127.0.0.1 port of the host
     forwards: Dict[str, int] = field(default_factory=lambda: {"ssh": 22})
+    # restrict=on: the guest reaches nothing outside (forwarded ports still work)
+    restrict_net: bool = False
 
     def accelerator(self) -> str:
         return self.accel_decision().accel
@@ -75,7 +77,7 @@ class MachineSpec:
             "-kernel", str(self.kernel), "-append", append,
             "-drive", f"file={self.rootfs},if=none,id=root,format=raw,snapshot=on,readonly=on",
             "-device", "virtio-blk-pci,drive=root",
-            "-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-netdev", f"user,id=n0,{'restrict=on,' if self.restrict_net else ''}{fwd}", "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-device", "virtio-rng-pci",
         ]
         if self.payload:

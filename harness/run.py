@@ -76,7 +76,8 @@ def prepare(cfg: Config, log_dir: Path, progress: Progress = print) -> Artefacts
     host_patch = load_patch(cfg.patches.host, "host", profile, cfg)
     guest_patch = load_patch(cfg.patches.guest, "guest", profile, cfg)
     t["source"] = time.monotonic() - t0
-    builder = kbuild.Builder(src, profile, jobs=cfg.kernel.jobs, use_ccache=cfg.kernel.ccache, progress=progress)
+    builder = kbuild.Builder(src, profile, jobs=cfg.kernel.jobs, use_ccache=cfg.kernel.ccache, progress=progress,
+                             sandboxed=cfg.kernel.sandbox)
     t0 = time.monotonic()
     host = builder.build("host", host_patch, log_dir)
     t["host_kernel"] = time.monotonic() - t0
@@ -125,7 +126,8 @@ class Stack:
                                       log_dir=self.run_dir / "logs")
         spec = MachineSpec(name="l1", kernel=art.host.image, rootfs=art.l1_rootfs, payload=payload,
                            cpus=cfg.l1.cpus, memory_mb=cfg.l1.memory_mb, cpu_model=cfg.l1.cpu_model,
-                           accel=cfg.l1.accel, append=cfg.l1.append, forwards=dict(L1_FORWARDS))
+                           accel=cfg.l1.accel, append=cfg.l1.append, forwards=dict(L1_FORWARDS),
+                           restrict_net=cfg.l1.restrict_net)
         decision = spec.accel_decision()
         self.accel = decision.to_dict()
         self.progress(f"booting L1 ({decision.accel}: {decision.reason}; {spec.cpus} CPUs, {spec.cpu_model})")

@@ -1,0 +1,194 @@
+"""A batch: preflight, the deterministic shard, resumable parallel grading, the batch
+outputs (grades.csv, index.html, similarity), and merging shard outputs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .. import sandbox, sources
+from ..config import Config
+from ..errors import HarnessError
+from ..machine import QEMU
+from ..profiles import select
+from . import intake, outputs, similarity
+from .errors import GradeInfraError
+from .grader import Context, grade
+from .pairing import Pairing, run_pairing
+from .rubric import Rubric
+
+Progress = Callable[[str], None]
+MIN_FREE_GB = 6
+
+
+def shard_of(name: str, n: int) -> int:
+    """0-based shard of a submission: stable across machines and batch sizes."""
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % n
+
+
+def parse_shard(text: Optional[str]) -> Tuple[int, int]:
+    if not text:
+        return 1, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise GradeInfraError(f"--shard {text!r}: expected I/N, e.g. 2/4", stage="cli", kind="input") from None
+    if not 1 <= i <= n:
+        raise GradeInfraError(f"--shard {text!r}: I must be in 1..N", stage="cli", kind="input")
+    return i, n
+
+
+def assign_ids(paths: List[Path]) -> List[Tuple[Path, str]]:
+    """A unique, filesystem-safe id per input (the group id when the name is right)."""
+    seen: Dict[str, int] = {}
+    out = []
+    for p in paths:
+        name = p.name
+        gid, _ = intake.check_name(name) if p.is_file() else (None, None)
+        base = intake.safe_id(gid or (name[:-4] if name.lower().endswith(".zip") else name))
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.append((p, base if n == 0 else f"{base}-{n + 1}"))
+    return out
+
+
+def preflight(cfg: Config, out: Path, full: bool, progress: Progress) -> List[str]:
+    """Raise GradeInfraError when this machine cannot grade; returns what was checked."""
+    done = []
+    why = sandbox.available()
+    if why:
+        raise GradeInfraError(f"sandbox: {why}")
+    probe = subprocess.run(sandbox.confine(["true"], limits=sandbox.PDF), capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise GradeInfraError(f"bubblewrap cannot create a sandbox here: {probe.stderr.strip()[-300:]}")
+    done.append("bubblewrap sandbox works")
+    for tool in ("pdfinfo", "pdftoppm", "git", "patch"):
+        if not shutil.which(tool):
+            raise GradeInfraError(f"{tool} not found (apt-get install poppler-utils git patch)")
+    done.append("poppler, git, patch present")
+    out.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out).free / 2**30
+    if full and free < MIN_FREE_GB:
+        raise GradeInfraError(f"only {free:.1f} GiB free under {out} (need {MIN_FREE_GB})")
+    done.append(f"{free:.0f} GiB free")
+    if full:
+        if not shutil.which(QEMU):
+            raise GradeInfraError(f"{QEMU} not found: run `make setup`")
+        done.append(f"{QEMU} present")
+    return done
+
+
+def reference_run(ctx: Context) -> dict:
+    """Grading host x grading guest: L1 must boot with KVM in nVHE mode and answer."""
+    res = run_pairing(ctx.base, Pairing("reference", "grading", "grading", ()), ctx.profile.name,
+                      ctx.out / "preflight", ctx.progress)
+    if res.status != "ran" or res.summary.get("verdict") != "ok":
+        raise GradeInfraError(f"the reference pairing does not work on this machine ({res.status}: "
+                              f"{res.why or res.summary.get('verdict')}); nobody is graded",
+                              log=ctx.out / "preflight" / "reference" / "summary.json")
+    return {"verdict": res.summary.get("verdict"), "timings": res.summary.get("timings")}
+
+
+def make_context(cfg: Config, rubric: Rubric, out: Path, run_pairings: bool, progress: Progress) -> Context:
+    try:
+        src = sources.resolve(cfg, out / "logs", progress)
+    except HarnessError as e:
+        if e.kind == "input":
+            raise
+        raise GradeInfraError(f"kernel source: {e.message}") from None
+    profile = select(src.version, cfg.kernel.profile)
+    return Context(base=cfg, profile=profile, tree=src.root, rubric=rubric, out=out, run_pairings=run_pairings,
+                   progress=progress)
+
+
+def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[int, int] = (1, 1),
+                corpus: Optional[Path] = None, threshold: float = similarity.THRESHOLD) -> List[dict]:
+    out = ctx.out
+    items = assign_ids(intake.expand(inputs))
+    i, n = shard
+    mine = [(p, sid) for p, sid in items if shard_of(sid, n) == i - 1]
+    ctx.progress(f"{len(items)} submissions, {len(mine)} in shard {i}/{n}")
+    checked = preflight(ctx.base, out, ctx.run_pairings, ctx.progress)
+    if ctx.run_pairings:
+        checked.append(f"reference pairing: {reference_run(ctx)['verdict']}")
+    (out / "preflight.json").write_text(json.dumps({"checked": checked}, indent=1))
+    results: List[dict] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def one(item):
+        p, sid = item
+        if stop.is_set():
+            return
+        try:
+            r = grade(p, sid, ctx)
+        except GradeInfraError as e:
+            r = {"id": sid, "status": "infra-error", "error": e.message, "origin": str(p)}
+            (out / "submissions" / sid).mkdir(parents=True, exist_ok=True)
+            (out / "submissions" / sid / "results.json").write_text(json.dumps(r, indent=1))
+            stop.set()  # the machine broke: grade nobody else as failing
+        except Exception as e:  # a grader bug must not stop the batch: name it
+            r = {"id": sid, "status": "grader-error", "error": f"{type(e).__name__}: {e}", "origin": str(p)}
+            (out / "submissions" / sid).mkdir(parents=True, exist_ok=True)
+            (out / "submissions" / sid / "results.json").write_text(json.dumps(r, indent=1))
+        with lock:
+            results.append(r)
+            ctx.progress(f"{sid}: {outputs.row(r)}")
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(one, mine))
+    finish(out, results, ctx.profile.directory, corpus, threshold)
+    if stop.is_set():
+        bad = next(r for r in results if r["status"] == "infra-error")
+        raise GradeInfraError(f"{bad['id']}: {bad['error']} (batch stopped; rerun to resume)")
+    return results
+
+
+def _texts(sdir: Path) -> str:
+    parts = []
+    for m in ("kvm.patch", "vm.patch"):
+        f = sdir / "work" / m
+        if f.exists():
+            parts.append(f.read_text(errors="replace"))
+    return "\n".join(parts)
+
+
+def finish(out: Path, results: List[dict], profile_dir: Path, corpus: Optional[Path],
+           threshold: float = similarity.THRESHOLD) -> List[dict]:
+    texts = {r["id"]: _texts(out / "submissions" / r["id"]) for r in results}
+    corpus_texts: Dict[str, str] = {}
+    if corpus:
+        for p in sorted(Path(corpus).rglob("*.patch")):
+            corpus_texts[str(p.relative_to(corpus))] = p.read_text(errors="replace")
+    boiler = [(profile_dir / n).read_text() for n in ("kvm.patch", "vm.patch") if (profile_dir / n).exists()]
+    similar = similarity.run({k: v for k, v in texts.items() if v.strip()}, corpus_texts, boiler, out, threshold)
+    (out / "similarity.json").write_text(json.dumps(similar, indent=1))
+    outputs.write_csv(out / "grades.csv", results)
+    outputs.write_index(out, results, similar)
+    return similar
+
+
+def merge(dirs: List[Path], out: Path, corpus: Optional[Path] = None) -> List[dict]:
+    """Shard outputs -> one batch output (submissions copied, tables and similarity redone)."""
+    results: Dict[str, dict] = {}
+    profile_dir = None
+    for d in dirs:
+        for f in sorted(Path(d).glob("submissions/*/results.json")):
+            r = json.loads(f.read_text())
+            if r["id"] in results:
+                raise GradeInfraError(f"{r['id']} is in two shard outputs ({d})", stage="merge", kind="input")
+            results[r["id"]] = r
+            if Path(d).resolve() != out.resolve():
+                shutil.copytree(f.parent, out / "submissions" / r["id"], dirs_exist_ok=True)
+            if r.get("profile") and profile_dir is None:
+                from ..profiles import PROFILES
+                profile_dir = PROFILES / r["profile"]
+    out.mkdir(parents=True, exist_ok=True)
+    from ..profiles import PROFILES
+    finish(out, list(results.values()), profile_dir or PROFILES / "6.1", corpus)
+    return list(results.values())

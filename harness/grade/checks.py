@@ -1,0 +1,277 @@
+"""Pairing outcomes -> checks.  Each check is PASS, FAIL or SKIP with a reason, the
+evidence that proves it (values, trace counts, console lines) and its points.
+A FAIL of a prerequisite makes its dependents SKIP (with that reason).  Checks judge
+what the kernels did, not how the code is written."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from ..trace import classify_ret
+from .pairing import HI_TAG, CallId, PairingResult, hvc_count
+from .rubric import CHECKS, Rubric
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+ENOSYS = -38
+
+
+@dataclass
+class Check:
+    id: str
+    status: str
+    reason: str
+    evidence: List[str] = field(default_factory=list)
+    points: float = 0.0
+    max_points: float = 0.0
+
+    @property
+    def category(self) -> Optional[str]:
+        return CHECKS[self.id][0]
+
+    @property
+    def title(self) -> str:
+        return CHECKS[self.id][1]
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "category": self.category, "title": self.title, "status": self.status,
+                "reason": self.reason, "evidence": self.evidence, "points": self.points, "max": self.max_points}
+
+
+def signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def describe_values(rets: List[int], limit: int = 4) -> str:
+    c = Counter(signed(r) for r in rets)
+    parts = []
+    for v, n in c.most_common(limit):
+        kind, _ = classify_ret(v)
+        label = {"not_supported": " (NOT_SUPPORTED)", "enosys": " (-ENOSYS)"}.get(kind, "")
+        parts.append(f"{v if -4096 < v < 4096 else hex(v & 0xFFFFFFFFFFFFFFFF)}{label} x{n}")
+    more = len(c) - limit
+    return ", ".join(parts) + (f", ... {more} more distinct" if more > 0 else "")
+
+
+def _failure_checks(res: PairingResult, ids: List[str], build_id: str, boot_ids: List[str]) -> Dict[str, Check]:
+    """Checks for a pairing that did not run to the end."""
+    out: Dict[str, Check] = {}
+    ev = [res.why] + ([(res.error or {}).get("tail", "")[-1500:]] if res.error and res.error.get("tail") else [])
+    if res.status in ("patch-failed", "build-failed"):
+        out[build_id] = Check(build_id, FAIL, res.why, ev)
+        for i in ids:
+            out.setdefault(i, Check(i, SKIP, f"prerequisite {build_id} failed"))
+        return out
+    out[build_id] = Check(build_id, PASS, "built", [])
+    if res.status == "boot-failed":
+        first = boot_ids[0]
+        out[first] = Check(first, FAIL, res.why, ev)
+        for i in ids:
+            out.setdefault(i, Check(i, SKIP, f"prerequisite {first} failed"))
+        return out
+    for i in ids:
+        out.setdefault(i, Check(i, SKIP, f"the pairing did not finish: {res.why}", ev))
+    return out
+
+
+def kernel_lines(summary: dict, where: str) -> List[str]:
+    return [f["line"] for f in summary.get("kernel_log_findings", []) or [] if f.get("where", "").startswith(where)]
+
+
+def name_bug(lines: List[str]) -> str:
+    text = " ".join(lines)
+    if re.search(r"smp_processor_id\(\) in preemptible|scheduling while atomic|preempt", text):
+        return "preemption bug: "
+    if "sleeping function called from invalid context" in text:
+        return "sleeping in atomic context: "
+    return ""
+
+
+def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, int], why_not: str = "") -> Dict[str, Check]:
+    ids = ["hc.builds", "hc.l1_nvhe", "hc.l2_vcpus", "hc.range", "hc.pinned", "hc.ground_truth", "hc.kernel_clean"]
+    if res is None:
+        return {i: Check(i, FAIL if i == "hc.builds" else SKIP, why_not if i == "hc.builds" else "no kvm.patch to grade")
+                for i in ids}
+    if res.status != "ran" and not (res.status == "run-failed" and res.summary.get("timings")):
+        out = _failure_checks(res, ids, "hc.builds", ["hc.l1_nvhe", "hc.l2_vcpus"])
+        lines = kernel_lines(res.summary, "l1")
+        if lines and "hc.kernel_clean" in out and out["hc.kernel_clean"].status == SKIP:
+            out["hc.kernel_clean"] = Check("hc.kernel_clean", FAIL, name_bug(lines) + lines[0], lines[:5])
+        return out
+    s = res.summary
+    out = {"hc.builds": Check("hc.builds", PASS, "host kernel built",
+                              [f"host build {s.get('builds', {}).get('host', {}).get('seconds')} s"])}
+    out["hc.l1_nvhe"] = Check("hc.l1_nvhe", PASS, "L1 up with KVM in nVHE mode",
+                              [f"L1 SSH after {s.get('timings', {}).get('l1_ssh_s')} s"])
+    scen = {sc["name"]: sc for sc in s.get("scenarios", []) or []}
+    vcpus_seen = sorted({v for sc in scen.values() for st in sc["per_vcpu"].values() for v in st.get("observed_vcpus", [])})
+    if res.status == "run-failed":
+        out["hc.l2_vcpus"] = Check("hc.l2_vcpus", FAIL, res.why, [res.why])
+    else:
+        want = sorted({int(v) for sc in scen.values() for v in sc["per_vcpu"]})
+        ok = set(want) <= set(vcpus_seen)
+        out["hc.l2_vcpus"] = Check("hc.l2_vcpus", PASS if ok else FAIL,
+                                   f"the workload ran on vCPUs {vcpus_seen}" + ("" if ok else f", wanted {want}"))
+    allrets = [r for sc in res.rets.values() for rets in sc.values() for r in rets]
+    if not allrets:
+        out.setdefault("hc.range", Check("hc.range", SKIP, "no samples"))
+    else:
+        bad = [r for r in allrets if not 0 <= signed(r) < l1_cpus]
+        out["hc.range"] = Check("hc.range", FAIL if bad else PASS,
+                                f"{len(bad)} of {len(allrets)} answers outside [0, {l1_cpus})" if bad
+                                else f"all {len(allrets)} answers in [0, {l1_cpus})", [describe_values(allrets)])
+    pinned = res.rets.get("pinned", {})
+    if not pinned:
+        out["hc.pinned"] = Check("hc.pinned", SKIP, "the pinned scenario has no trace")
+    else:
+        fails, ev = [], []
+        for v, p in sorted(pin.items()):
+            rets = pinned.get(str(v), [])
+            line = f"vCPU{v} pinned to pCPU{p}: {describe_values(rets)}"
+            ev.append(line)
+            if not rets or any(signed(r) != p for r in rets):
+                hint = ""
+                if rets and all(signed(r) == v for r in rets):
+                    hint = " (the vCPU id, not the pCPU)"
+                elif rets and len(set(rets)) == 1:
+                    hint = " (a constant)"
+                fails.append(line + hint)
+        out["hc.pinned"] = Check("hc.pinned", FAIL if fails else PASS,
+                                 "; ".join(fails) if fails else "each pinned vCPU answered its pCPU on every call", ev)
+    out["hc.ground_truth"] = ground_truth_check(scen.get("loaded"))
+    lines = kernel_lines(s, "l1")
+    out["hc.kernel_clean"] = Check("hc.kernel_clean", FAIL if lines else PASS,
+                                   (name_bug(lines) + lines[0]) if lines else "no BUG:/WARNING:/Oops in L1",
+                                   lines[:5])
+    return out
+
+
+def ground_truth_check(sc: Optional[dict]) -> Check:
+    cid = "hc.ground_truth"
+    if sc is None:
+        return Check(cid, SKIP, "no loaded scenario ran")
+    gts = {v: st.get("ground_truth") for v, st in sc["per_vcpu"].items()}
+    if not any(gts.values()):
+        return Check(cid, SKIP, "L1's trace was not recorded (this harness has no ground_truth in summary.json)")
+    changes = sum(st.get("pcpu_changes", 0) for st in sc["per_vcpu"].values())
+    ev, worst = [], 1.0
+    for v, gt in sorted(gts.items()):
+        if not gt:
+            continue
+        ev.append(f"vCPU{v}: agreement {gt.get('agreement')}, {gt.get('samples')} samples, "
+                  f"{gt.get('hvc_events')} HVCs in L1's trace, {gt.get('changes')} changes")
+        for d in (gt.get("disagreements") or [])[:3]:
+            ev.append(f"  disagreement: {d}")
+        worst = min(worst, float(gt.get("agreement") or 0.0))
+    if changes == 0:
+        return Check(cid, SKIP, "no migration happened under load: agreement cannot be judged", ev)
+    ok = worst >= 0.99
+    return Check(cid, PASS if ok else FAIL, f"worst agreement {worst:.3f} with {changes} pCPU changes", ev)
+
+
+def syscall_checks(res: Optional[PairingResult], syscall_nr: int, pin: Dict[int, int], cid: Optional[CallId],
+                   static_guest: dict, why_not: str = "") -> Dict[str, Check]:
+    ids = ["sc.builds", "sc.number", "sc.one_hvc", "sc.value", "sc.kernel_clean"]
+    if res is None:
+        return {i: Check(i, FAIL if i == "sc.builds" else SKIP, why_not if i == "sc.builds" else "no vm.patch to grade")
+                for i in ids}
+    if res.status != "ran" and not (res.status == "run-failed" and res.summary.get("timings")):
+        out = _failure_checks(res, ids, "sc.builds", ["sc.number"])
+        lines = kernel_lines(res.summary, "l2")
+        if lines and out.get("sc.kernel_clean", Check("", SKIP, "")).status == SKIP:
+            out["sc.kernel_clean"] = Check("sc.kernel_clean", FAIL, lines[0], lines[:5])
+        return out
+    s = res.summary
+    out = {"sc.builds": Check("sc.builds", PASS, "guest kernel built",
+                              [f"guest build {s.get('builds', {}).get('guest', {}).get('seconds')} s"])}
+    allrets = [r for sc in res.rets.values() for rets in sc.values() for r in rets]
+    samples = len(allrets)
+    nsys = sum(1 for r in allrets if signed(r) == ENOSYS)
+    declared = (static_guest.get("syscall") or {}).get("nr")
+    if not samples:
+        out["sc.number"] = Check("sc.number", FAIL, res.why or "the workload recorded nothing", [res.why])
+    elif nsys == samples:
+        extra = f"; vm.patch defines {static_guest['syscall'].get('name')} {declared}" if declared is not None and \
+            declared != syscall_nr else ""
+        out["sc.number"] = Check("sc.number", FAIL, f"syscall {syscall_nr} returns -ENOSYS on every call{extra}",
+                                 [describe_values(allrets)])
+    else:
+        out["sc.number"] = Check("sc.number", PASS, f"syscall {syscall_nr} exists ({samples - nsys} of {samples} "
+                                 "calls did not return -ENOSYS)")
+    if out["sc.number"].status == FAIL:
+        out["sc.one_hvc"] = Check("sc.one_hvc", SKIP, "prerequisite sc.number failed")
+        out["sc.value"] = Check("sc.value", SKIP, "prerequisite sc.number failed")
+    else:
+        n = hvc_count(s, cid) if cid else None
+        if n is None:
+            out["sc.one_hvc"] = Check("sc.one_hvc", SKIP, "L1's HVC trace was not recorded (no hvc_calls in summary.json)")
+        else:
+            ok = n == samples
+            what = "the syscall never issues hvc" if n == 0 else f"{n / samples:.2f} HVCs per call"
+            out["sc.one_hvc"] = Check("sc.one_hvc", PASS if ok else FAIL,
+                                      f"{n} HVCs ({cid.to_dict()['func_id']}, imm {cid.imm}) for {samples} calls"
+                                      + ("" if ok else f": {what}"))
+        out["sc.value"] = value_check(res, pin)
+    lines = kernel_lines(s, "l2")
+    out["sc.kernel_clean"] = Check("sc.kernel_clean", FAIL if lines else PASS,
+                                   lines[0] if lines else "no kernel error lines in L2", lines[:5])
+    return out
+
+
+def value_check(res: PairingResult, pin: Dict[int, int]) -> Check:
+    """The grading host answers (HI_TAG << 32) | pCPU: the guest must hand it over as is."""
+    pinned = res.rets.get("pinned", {})
+    if not pinned:
+        return Check("sc.value", SKIP, "the pinned scenario has no trace")
+    ev, fails = [], []
+    for v, p in sorted(pin.items()):
+        want = (HI_TAG << 32) | p
+        rets = [r & 0xFFFFFFFFFFFFFFFF for r in pinned.get(str(v), [])]
+        ev.append(f"vCPU{v} pinned to pCPU{p}: host answered {hex(want)}; user space got {describe_values(rets)}")
+        if not rets or any(r != want for r in rets):
+            hint = ""
+            if rets and all(r == p for r in rets):
+                hint = ": the upper 32 bits were lost (truncated to 32 bits)"
+            elif rets and all(signed(r) == -1 for r in rets):
+                hint = ": the host did not recognise the call (function ID/immediate differ from the one used)"
+            fails.append(f"vCPU{v}{hint or ': not the host answer'}")
+    return Check("sc.value", FAIL if fails else PASS, "; ".join(fails) if fails else
+                 "the host's 64-bit answer reached user space unchanged on every call", ev)
+
+
+def e2e_check(res: Optional[PairingResult], l1_cpus: int, why_not: str = "") -> Check:
+    if res is None:
+        return Check("e2e.works", SKIP, why_not or "not run")
+    if res.status != "ran":
+        return Check("e2e.works", FAIL, f"{res.status}: {res.why}")
+    allrets = [r for sc in res.rets.values() for rets in sc.values() for r in rets]
+    ok = allrets and all(0 <= signed(r) < l1_cpus for r in allrets)
+    return Check("e2e.works", PASS if ok else FAIL, f"verdict {res.summary.get('verdict')}",
+                 [describe_values(allrets)] if allrets else [])
+
+
+def report_check(info) -> Check:
+    if not info.present:
+        return Check("rp.valid", FAIL, info.why)
+    if not info.valid:
+        return Check("rp.valid", FAIL, info.why)
+    return Check("rp.valid", PASS, f"a valid PDF of {info.pages} page(s); graded by a human",
+                 info.thumbnails[:6])
+
+
+def score(checks: Dict[str, Check], rubric: Rubric) -> Dict[str, dict]:
+    """Points per category; the manual share is reserved (None until a human grades it)."""
+    out = {}
+    for name, cat in rubric.categories.items():
+        got = 0.0
+        for cid in cat.checks:
+            c = checks.get(cid)
+            if c is None:
+                continue
+            c.max_points = cat.checks[cid]
+            c.points = c.max_points if c.status == PASS else 0.0
+            got += c.points
+        skipped = sum(cat.checks[c] for c in cat.checks if checks.get(c) and checks[c].status == SKIP)
+        out[name] = {"points": got, "max": cat.total, "manual_reserved": cat.manual, "skipped_points": skipped}
+    return out

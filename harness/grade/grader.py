@@ -1,0 +1,196 @@
+"""Grading one submission: intake -> report -> patch shape -> static evidence ->
+pairings -> checks -> results.json (and the per-submission outputs).  Never raises for
+the submission's own faults; an infrastructure failure raises GradeInfraError so the
+batch can tell it apart (and the submission is graded again on the next run)."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from ..config import Config
+from ..profiles import Profile
+from . import checks as chk
+from . import diffcheck, intake, outputs, pdfreport, static
+from .errors import GradeInfraError
+from .pairing import CallId, Pairing, PairingResult, guest_call_id, host_call_id, issued_from_trace, run_pairing
+from .rubric import Rubric
+
+Progress = Callable[[str], None]
+RESULTS_FORMAT = 1
+
+
+@dataclass
+class Context:
+    base: Config
+    profile: Profile
+    tree: Optional[Path]              # pristine kernel tree (read-only: apply checks, blob ids)
+    rubric: Rubric
+    out: Path
+    run_pairings: bool = True         # False: intake + static only (no builds, no boots)
+    progress: Progress = print
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def sub_dir_for(ctx: Context, sub_id: str) -> Path:
+    return ctx.out / "submissions" / sub_id
+
+
+def previous(ctx: Context, sub_id: str, digest: str) -> Optional[dict]:
+    """The finished results of the same bytes, if any (resume)."""
+    try:
+        res = json.loads((sub_dir_for(ctx, sub_id) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if res.get("format") == RESULTS_FORMAT and res.get("digest") == digest and res.get("status") == "graded" \
+            and res.get("mode") == ("full" if ctx.run_pairings else "static"):
+        return res
+    return None
+
+
+def grade(path: Path, sub_id: str, ctx: Context) -> dict:
+    t0 = time.monotonic()
+    sdir = sub_dir_for(ctx, sub_id)
+    sdir.mkdir(parents=True, exist_ok=True)
+    sub = intake.load(path, sdir)
+    sub.sub_id = sub_id
+    old = previous(ctx, sub_id, sub.digest)
+    if old is not None:
+        ctx.progress(f"{sub_id}: unchanged since the last grading; kept")
+        old["resumed"] = True
+        return old
+    ctx.progress(f"{sub_id}: intake done ({len(sub.flags)} flags, {len(sub.problems)} problems)")
+    report = pdfreport.inspect(sub.member("report.pdf"), sdir)
+    diffs: Dict[str, diffcheck.DiffReport] = {}
+    evidence: Dict[str, dict] = {}
+    work = sdir / "work"
+    work.mkdir(exist_ok=True)
+    for role, member in (("host", "kvm.patch"), ("guest", "vm.patch")):
+        p = sub.member(member)
+        d = diffcheck.check(p.read_bytes() if p else None, role, ctx.tree)
+        diffs[role] = d
+        if d.normalized is not None:
+            (work / member).write_bytes(d.normalized)
+        text = d.normalized.decode("utf-8", "replace") if d.normalized else None
+        evidence[role] = static.host_evidence(text) if role == "host" else static.guest_evidence(text)
+    results = {"format": RESULTS_FORMAT, "id": sub_id, "digest": sub.digest, "status": "graded",
+               "mode": "full" if ctx.run_pairings else "static", "profile": ctx.profile.name,
+               "syscall_nr": ctx.profile.syscall_nr, "intake": sub.to_dict(), "report": report.to_dict(),
+               "patches": {k: v.to_dict() for k, v in diffs.items()}, "evidence": evidence,
+               "flags": list(sub.flags) + [f for d in diffs.values() for f in d.flags], "problems": list(sub.problems)}
+    if report.present and not report.valid:
+        results["problems"].append(f"report.pdf: {report.why}")
+    for role, name in (("host", "kvm.patch"), ("guest", "vm.patch")):
+        why = _unusable(diffs[role], name)
+        if why and sub.member(name) is not None:
+            results["problems"].append(why)
+    pin = next((sc.pin for sc in ctx.base.scenarios if sc.pin), {})
+    l1_cpus = ctx.base.l1.cpus
+    pairings: Dict[str, PairingResult] = {}
+    learned: Dict[str, dict] = {}
+    if ctx.run_pairings:
+        pairings, learned = run_matrix(ctx, work, diffs, evidence, sdir / "pairings")
+    checks: Dict[str, chk.Check] = {}
+    if ctx.run_pairings:
+        why_h = _unusable(diffs["host"], "kvm.patch")
+        why_g = _unusable(diffs["guest"], "vm.patch")
+        checks.update(chk.hypercall_checks(pairings.get("hypercall"), l1_cpus, pin, why_h))
+        gcid = _cid(learned.get("syscall_host_answers"))
+        checks.update(chk.syscall_checks(pairings.get("syscall"), ctx.profile.syscall_nr, pin, gcid,
+                                         evidence["guest"], why_g))
+        checks["e2e.works"] = chk.e2e_check(pairings.get("e2e"), l1_cpus, "a half is missing or does not apply")
+    else:
+        for cid in chk.CHECKS:
+            if cid != "rp.valid":
+                checks[cid] = chk.Check(cid, chk.SKIP, "static grading only (--static-only): nothing built or booted")
+        for role, name, first in (("host", "kvm.patch", "hc.builds"), ("guest", "vm.patch", "sc.builds")):
+            why = _unusable(diffs[role], name)
+            if why:
+                checks[first] = chk.Check(first, chk.FAIL, why)
+    checks["rp.valid"] = chk.report_check(report)
+    results["scores"] = chk.score(checks, ctx.rubric)
+    results["checks"] = [c.to_dict() for c in checks.values()]
+    results["learned"] = learned
+    results["pairings"] = {k: v.to_dict() for k, v in pairings.items()}
+    results["timings"] = _timings(pairings)
+    results["seconds"] = round(time.monotonic() - t0, 1)
+    outputs.write_submission(sdir, results, ctx.rubric)
+    return results
+
+
+def _cid(d: Optional[dict]) -> Optional[CallId]:
+    if not d:
+        return None
+    f = d.get("func_id")
+    return CallId(int(f, 16) if f else None, d.get("imm"), d.get("source", ""))
+
+
+def _unusable(d: diffcheck.DiffReport, name: str) -> str:
+    if not d.ok:
+        return f"{name}: {d.why}"
+    if d.apply == "fails":
+        return f"{name} does not apply: {d.apply_detail}"
+    return ""
+
+
+def _timings(pairings: Dict[str, PairingResult]) -> dict:
+    out = {}
+    for name, p in pairings.items():
+        s = p.summary or {}
+        out[name] = {"builds": {r: (s.get("builds") or {}).get(r, {}).get("seconds") for r in ("host", "guest")},
+                     "cached": {r: (s.get("builds") or {}).get(r, {}).get("cached") for r in ("host", "guest")},
+                     "boot": s.get("timings", {}), "seconds": s.get("seconds")}
+    return out
+
+
+def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
+    """The three pairings in the order that lets each learn from the one before."""
+    prof = ctx.profile
+    usable = {r: not _unusable(diffs[r], r) for r in ("host", "guest")}
+    student = {"host": str(work / "kvm.patch"), "guest": str(work / "vm.patch")}
+    pairings: Dict[str, PairingResult] = {}
+    learned: Dict[str, dict] = {}
+
+    def go(p: Pairing) -> PairingResult:
+        ctx.progress(f"pairing {p.name}: host {Path(p.host).name if p.host != 'grading' else 'grading'} x guest "
+                     f"{Path(p.guest).name if p.guest != 'grading' else 'grading'} ({p.l1_append} | {p.l2_append})")
+        r = run_pairing(ctx.base, p, prof.name, out_dir, ctx.progress)
+        if r.status == "infra":
+            raise GradeInfraError(f"pairing {p.name}: {r.why}", stage="pairing")
+        return r
+
+    traced = None
+    if usable["host"] and usable["guest"]:
+        pairings["e2e"] = go(Pairing("e2e", student["host"], student["guest"], ("host", "guest")))
+        t = issued_from_trace(pairings["e2e"].summary)
+        if t:
+            traced = t[0]
+            traced.source = "L1 trace (student x student)"
+    if usable["guest"]:
+        gid = traced or guest_call_id(evidence["guest"], prof.hvc_func_id)
+        if gid.imm == 0 and traced:
+            gid = CallId(gid.func, None, gid.source)  # keyed on x0: any immediate
+        p = Pairing("syscall", "grading", student["guest"], ("guest",),
+                    l1_append=f"{gid.host_args()} host_cpuid_hi={hex(chk.HI_TAG)}")
+        r = go(p)
+        t = issued_from_trace(r.summary)
+        if t and not traced and (t[0].func, t[0].imm) != (gid.func, gid.imm):
+            # the guest issued something else than vm.patch suggested: answer that, once more
+            gid = CallId(t[0].func, t[0].imm, "L1 trace (grading host x student guest)")
+            p.l1_append = f"{gid.host_args()} host_cpuid_hi={hex(chk.HI_TAG)}"
+            r = go(p)
+        elif t and not traced:
+            traced = t[0]
+        pairings["syscall"] = r
+        learned["syscall_host_answers"] = gid.to_dict()
+    if usable["host"]:
+        hid = traced or host_call_id(evidence["host"], evidence["guest"], prof.hvc_func_id)
+        hid = CallId(hid.func if hid.func is not None else 0, hid.imm or 0, hid.source)
+        pairings["hypercall"] = go(Pairing("hypercall", student["host"], "grading", ("host",),
+                                           l2_append=hid.guest_args()))
+        learned["hypercall_guest_issues"] = hid.to_dict()
+    if traced:
+        learned["student_guest_issues"] = traced.to_dict()
+    return pairings, learned

@@ -1,0 +1,80 @@
+"""The whole batch path without builds or boots (--static-only): every fixture and
+every bad zip gets a row, outputs exist, resume keeps finished work, shards partition."""
+import csv
+import json
+import shutil
+
+import pytest
+
+from harness import config
+from harness.grade import batch, rubric
+from harness.grade.grader import Context
+from harness.profiles import all_profiles
+from tests.grade.fixtures import bad_zips, fixtures, make_zip
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for f in fixtures("6.1"):
+        make_zip(d / f"{f.name}_hw2.zip", f.files())
+    bad_zips("6.1", d)
+    return d
+
+
+def ctx(out, tree=None):
+    return Context(base=config.load(config.CONFIGS / "grade.yaml"), profile=all_profiles()["6.1"], tree=tree,
+                   rubric=rubric.load(), out=out, run_pairings=False, progress=lambda m: None)
+
+
+def test_static_batch_outputs(inbox, tmp_path):
+    out = tmp_path / "out"
+    res = batch.grade_batch([inbox], ctx(out))
+    rows = list(csv.DictReader(open(out / "grades.csv")))
+    assert [r for r in rows[0]] == ["submission", "hypercall", "syscall", "report", "total", "flags"]
+    ids = {r["submission"] for r in rows}
+    assert {"good-id8", "bad-apply", "slip", "bomb", "Group7-HW2"} <= ids and len(rows) == len(res) == 20
+    by = {r["submission"]: r for r in rows}
+    assert "archive refused" in by["slip"]["flags"] and "zip bomb" in by["bomb"]["flags"]
+    assert "is not <group_id>_hw2.zip" in by["Group7-HW2"]["flags"]
+    r = json.loads((out / "submissions" / "notpdf" / "results.json").read_text())
+    assert {c["id"]: c for c in r["checks"]}["rp.valid"]["reason"].startswith("not a PDF: the file is a text file")
+    r = json.loads((out / "submissions" / "good-id8" / "results.json").read_text())
+    rp = {c["id"]: c for c in r["checks"]}["rp.valid"]
+    assert rp["status"] == "PASS" and "2 page" in rp["reason"] and r["report"]["thumbnails"]
+    assert (out / "submissions" / "good-id8" / r["report"]["thumbnails"][0]).stat().st_size > 100
+    assert (out / "submissions" / "good-id8" / "junit.xml").read_text().startswith("<testsuite")
+    html = (out / "index.html").read_text()
+    assert "good-id8" in html and "report/page-1.png" in html
+    sims = json.loads((out / "similarity.json").read_text())
+    assert all((out / s["view"]).exists() and s["score"] >= 0.6 for s in sims)
+    # resume: unchanged bytes are not graded again; changed bytes are
+    res2 = batch.grade_batch([inbox], ctx(out))
+    assert all(r.get("resumed") for r in res2 if r["status"] == "graded")
+    f = fixtures("6.1")[3]
+    make_zip(inbox / "good-id8_hw2.zip", f.files())
+    res3 = {r["id"]: r for r in batch.grade_batch([inbox], ctx(out))}
+    assert not res3["good-id8"].get("resumed") and res3["bad-vcpuid"].get("resumed")
+
+
+def test_shards_partition_and_merge(inbox, tmp_path):
+    outs = []
+    for i in (1, 2, 3):
+        o = tmp_path / f"s{i}"
+        batch.grade_batch([inbox], ctx(o), shard=(i, 3))
+        outs.append(o)
+    per = [set(p.name for p in (o / "submissions").iterdir()) for o in outs]
+    assert sum(map(len, per)) == 20 and not (per[0] & per[1]) and not (per[1] & per[2])
+    merged = batch.merge(outs, tmp_path / "m")
+    assert len(merged) == 20 and len(list(csv.DictReader(open(tmp_path / "m" / "grades.csv")))) == 20
+
+
+def test_static_with_tree_names_the_patch_that_does_not_apply(inbox, tmp_path, tree61):
+    out = tmp_path / "out"
+    batch.grade_batch([inbox / "bad-apply_hw2.zip", inbox / "good-id8_hw2.zip"], ctx(out, tree61))
+    r = json.loads((out / "submissions" / "bad-apply" / "results.json").read_text())
+    c = {c["id"]: c for c in r["checks"]}
+    assert c["sc.builds"]["status"] == "FAIL" and "unistd.h" in c["sc.builds"]["reason"]
+    r = json.loads((out / "submissions" / "good-id8" / "results.json").read_text())
+    assert {c["id"]: c for c in r["checks"]}["sc.builds"]["status"] == "SKIP"

@@ -1,0 +1,122 @@
+import copy
+
+import pytest
+import yaml
+
+from harness.grade import checks as chk
+from harness.grade import rubric, similarity
+from harness.grade.errors import RubricError
+from harness.grade.pairing import HI_TAG, CallId, PairingResult, issued_from_trace
+from tests.grade.fixtures import fixtures, ref
+
+PIN = {0: 3, 1: 2}
+
+
+def test_default_rubric_mirrors_assignment():
+    r = rubric.load()
+    assert {k: c.total for k, c in r.categories.items()} == {"hypercall": 40, "syscall": 40, "report": 20}
+    assert r.categories["report"].manual == 20
+
+
+@pytest.mark.parametrize("mutate,msg", [
+    (lambda d: d["categories"]["hypercall"]["checks"].__setitem__("hc.pinned", 11), "not the total 40"),
+    (lambda d: d["categories"]["syscall"]["checks"].__setitem__("sc.bogus", 1), "sc.bogus: not a syscall check"),
+    (lambda d: d["categories"]["syscall"]["checks"].pop("sc.value"), "no points given for sc.value"),
+    (lambda d: d.__setitem__("extra", 1), "unknown key extra"),
+    (lambda d: d["categories"]["report"].__setitem__("manual", "lots"), "expected a number"),
+])
+def test_rubric_validation(mutate, msg):
+    data = yaml.safe_load(rubric.DEFAULT.read_text())
+    mutate(data)
+    with pytest.raises(RubricError, match=msg):
+        rubric.from_dict(data, "r.yaml")
+
+
+def result(rets, status="ran", summary=None):
+    s = summary or {"scenarios": [{"name": n, "per_vcpu": {v: {"observed_vcpus": [int(v)]} for v in r}}
+                                  for n, r in rets.items()], "timings": {"l1_ssh_s": 2}}
+    return PairingResult("x", status, rets=rets, summary=s)
+
+
+def test_hypercall_vcpu_id_and_range():
+    res = result({"pinned": {"0": [0] * 5, "1": [1] * 5}, "loaded": {"0": [0, 1, 2]}})
+    c = chk.hypercall_checks(res, 4, PIN)
+    assert c["hc.pinned"].status == "FAIL" and "the vCPU id" in c["hc.pinned"].reason
+    assert c["hc.range"].status == "PASS"
+    assert c["hc.ground_truth"].status == "SKIP" and "not recorded" in c["hc.ground_truth"].reason
+    res = result({"pinned": {"0": [3] * 5, "1": [(1 << 64) - 1] * 5}})
+    c = chk.hypercall_checks(res, 4, PIN)
+    assert c["hc.range"].status == "FAIL" and "NOT_SUPPORTED" in c["hc.range"].evidence[0]
+    assert c["hc.pinned"].status == "FAIL" and c["hc.l2_vcpus"].status == "PASS"
+
+
+def test_hypercall_ground_truth_and_bug_named():
+    s = {"scenarios": [{"name": "loaded", "per_vcpu": {"0": {"observed_vcpus": [0], "pcpu_changes": 3,
+                       "ground_truth": {"agreement": 0.5, "samples": 10, "hvc_events": 10, "changes": 3,
+                                        "disagreements": ["call 4: returned 1, HVC on 2"]}}}}],
+         "kernel_log_findings": [{"where": "l1-console", "signature": "bug",
+                                  "line": "BUG: using smp_processor_id() in preemptible [00000000] code"}],
+         "timings": {}}
+    c = chk.hypercall_checks(result({"loaded": {"0": [1] * 10}}, summary=s), 4, PIN)
+    assert c["hc.ground_truth"].status == "FAIL" and "0.500" in c["hc.ground_truth"].reason
+    assert c["hc.kernel_clean"].reason.startswith("preemption bug: BUG: using smp_processor_id()")
+
+
+def test_failed_build_skips_dependents_other_half_untouched():
+    res = PairingResult("hypercall", "build-failed", why="host kernel does not build: error: x")
+    c = chk.hypercall_checks(res, 4, PIN)
+    assert c["hc.builds"].status == "FAIL" and all(c[k].status == "SKIP" for k in c if k != "hc.builds")
+
+
+def test_syscall_value_truncation_and_enosys():
+    good = [(HI_TAG << 32) | 3] * 4
+    res = result({"pinned": {"0": good, "1": [(HI_TAG << 32) | 2] * 4}})
+    c = chk.syscall_checks(res, 451, PIN, CallId(8, None, "t"), {})
+    assert c["sc.value"].status == "PASS" and c["sc.number"].status == "PASS"
+    assert c["sc.one_hvc"].status == "SKIP"
+    res = result({"pinned": {"0": [3] * 4, "1": [2] * 4}})
+    assert "truncated to 32 bits" in chk.syscall_checks(res, 451, PIN, None, {})["sc.value"].reason
+    res = result({"pinned": {"0": [(1 << 64) - 38] * 4, "1": [(1 << 64) - 38] * 4}})
+    c = chk.syscall_checks(res, 451, PIN, None, {"syscall": {"name": "__NR_host_cpuid", "nr": 452}})
+    assert c["sc.number"].status == "FAIL" and "defines __NR_host_cpuid 452" in c["sc.number"].reason
+
+
+def test_one_hvc_from_trace():
+    s = {"scenarios": [{"name": "pinned", "per_vcpu": {"0": {"observed_vcpus": [0]}},
+                        "hvc_calls": [{"func_id": "0x8", "imm": 0, "count": 4, "vcpu": 0},
+                                      {"func_id": "0x84000000", "imm": 0, "count": 1, "vcpu": 0}]}], "timings": {}}
+    res = result({"pinned": {"0": [(HI_TAG << 32) | 3] * 4}}, summary=s)
+    cid, n = issued_from_trace(s)
+    assert (cid.func, cid.imm, n) == (8, 0, 4)
+    assert chk.syscall_checks(res, 451, {0: 3}, cid, {})["sc.one_hvc"].status == "PASS"
+    s["scenarios"][0]["hvc_calls"][0]["count"] = 0
+    c = chk.syscall_checks(res, 451, {0: 3}, CallId(8, None, "t"), {})["sc.one_hvc"]
+    assert c.status == "FAIL" and "never issues hvc" in c.reason
+
+
+def test_scores_from_rubric():
+    r = rubric.load()
+    cs = {"hc.builds": chk.Check("hc.builds", "PASS", ""), "hc.pinned": chk.Check("hc.pinned", "FAIL", "")}
+    sc = chk.score(cs, r)
+    assert sc["hypercall"]["points"] == 5 and cs["hc.pinned"].max_points == 12
+
+
+def test_similarity_pairs():
+    f = {x.name: x for x in fixtures("6.1")}
+    texts = {"a": f["good-id8"].kvm + f["good-id8"].vm, "b": f["bad-vcpuid"].kvm + f["good-id8"].vm,
+             "c": f["good-imm87"].kvm + f["bad-nohvc"].vm}
+    boiler = [ref("6.1", "kvm.patch"), ref("6.1", "vm.patch")]
+    docs = similarity.build_docs(texts, [ln for t in boiler for ln in similarity.added_lines(t)])
+    d = {x.name: x for x in docs}
+    assert similarity.score(d["a"], d["b"]) >= 0.6 > similarity.score(d["a"], d["c"])
+    assert similarity.fingerprints(["x = 1;"]) == set()
+    assert not any("__NR_host_cpuid" in ln for ln in d["a"].lines)   # boilerplate removed
+
+
+def test_similarity_run_with_corpus(tmp_path):
+    f = {x.name: x for x in fixtures("6.1")}
+    listed = similarity.run({"a": f["good-id8"].kvm + f["good-id8"].vm, "c": f["good-imm87"].kvm + f["bad-nohvc"].vm},
+                            {"known/sol.patch": f["bad-vcpuid"].kvm + f["bad-nr"].vm},
+                            [ref("6.1", "kvm.patch"), ref("6.1", "vm.patch")], tmp_path)
+    assert [(s["a"], s["b"]) for s in listed] == [("a", "corpus:known/sol.patch")]
+    assert (tmp_path / listed[0]["view"]).read_text().count('class="m"') >= 1

@@ -236,3 +236,24 @@ def time_sharing(trace: HostTrace, tids: Dict[int, int]) -> Dict[str, int]:
 def first_ts(trace: HostTrace) -> float:
     times = [h.ts for h in trace.hvcs[:1]] + [m[0] for m in trace.marks[:1]] + [s[0] for s in trace.switches[:1]]
     return min(times) if times else 0.0
+
+
+def recheck_run(run_dir: Path, summary: dict, key: CallKey) -> dict:
+    """Recompute every vCPU's ground truth of a stored run with another call key (e.g. the
+    function ID a submission's guest was seen to issue): nothing is booted, the traces
+    of the run directory are read again.  Returns the summary, updated in place."""
+    from .trace import read_trace
+
+    run_dir = Path(run_dir)
+    for sc in summary.get("scenarios", []) or []:
+        f = run_dir / (sc.get("l1_trace") or {}).get("file", "")
+        if not f.is_file():
+            continue
+        host = parse(f)
+        t0 = first_ts(host)
+        for v, per in sc.get("per_vcpu", {}).items():
+            b = f.parent / f"vcpu{v}.bin"
+            tid = (sc.get("vcpu_threads") or {}).get(v)
+            if b.is_file() and tid is not None:
+                per["ground_truth"] = cross_check(host, int(tid), list(read_trace(b).ret), key, t0)
+    return summary

@@ -297,6 +297,8 @@ def call_key(cfg: Config, profile: profiles.Profile) -> groundtruth.CallKey:
     """Which HVCs are host_cpuid calls: the profile's function ID unless the config names
     another (a submission's own ID or HVC immediate)."""
     t = cfg.trace
+    if t.func_id is None and t.imm is not None:
+        return groundtruth.CallKey(imm=t.imm)  # a design keyed on the HVC immediate alone
     return groundtruth.CallKey(func_id=profile.hvc_func_id if t.func_id is None else t.func_id, imm=t.imm)
 
 

@@ -15,7 +15,8 @@ from ..profiles import Profile
 from . import checks as chk
 from . import diffcheck, intake, outputs, pdfreport, static
 from .errors import GradeInfraError
-from .pairing import CallId, Pairing, PairingResult, guest_call_id, host_call_id, issued_from_trace, run_pairing
+from .pairing import (CallId, Pairing, PairingResult, guest_call_id, host_call_id, issued_from_trace, recheck,
+                      run_pairing)
 from .rubric import Rubric
 
 Progress = Callable[[str], None]
@@ -168,18 +169,20 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
         if t:
             traced = t[0]
             traced.source = "L1 trace (student x student)"
+            recheck(pairings["e2e"], traced)
     if usable["guest"]:
         gid = traced or guest_call_id(evidence["guest"], prof.hvc_func_id)
         if gid.imm == 0 and traced:
             gid = CallId(gid.func, None, gid.source)  # keyed on x0: any immediate
         p = Pairing("syscall", "grading", student["guest"], ("guest",),
-                    l1_append=f"{gid.host_args()} host_cpuid_hi={hex(chk.HI_TAG)}")
+                    l1_append=f"{gid.host_args()} host_cpuid_hi={hex(chk.HI_TAG)}", trace_key=gid)
         r = go(p)
         t = issued_from_trace(r.summary)
         if t and not traced and (t[0].func, t[0].imm) != (gid.func, gid.imm):
             # the guest issued something else than vm.patch suggested: answer that, once more
             gid = CallId(t[0].func, t[0].imm, "L1 trace (grading host x student guest)")
             p.l1_append = f"{gid.host_args()} host_cpuid_hi={hex(chk.HI_TAG)}"
+            p.trace_key = gid
             r = go(p)
         elif t and not traced:
             traced = t[0]
@@ -189,7 +192,7 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
         hid = traced or host_call_id(evidence["host"], evidence["guest"], prof.hvc_func_id)
         hid = CallId(hid.func if hid.func is not None else 0, hid.imm or 0, hid.source)
         pairings["hypercall"] = go(Pairing("hypercall", student["host"], "grading", ("host",),
-                                           l2_append=hid.guest_args()))
+                                           l2_append=hid.guest_args(), trace_key=hid))
         learned["hypercall_guest_issues"] = hid.to_dict()
     if traced:
         learned["student_guest_issues"] = traced.to_dict()

@@ -22,6 +22,7 @@ from .. import config as cfgmod
 from .. import run
 from ..errors import INFRA, HarnessError
 from ..profiles import PROFILES
+from .. import groundtruth
 from ..trace import read_trace
 
 Progress = Callable[[str], None]
@@ -58,6 +59,8 @@ class Pairing:
     student_roles: Tuple[str, ...]
     l1_append: str = ""
     l2_append: str = ""
+    # which HVCs L1's tracer counts as the calls (None: learned after the run, from the trace)
+    trace_key: Optional[CallId] = None
 
 
 @dataclass
@@ -90,7 +93,17 @@ def pairing_config(base: cfgmod.Config, p: Pairing, profile_name: str) -> cfgmod
     sets = [f"patches.host={json.dumps(host)}", f"patches.guest={json.dumps(guest)}",
             f"l1.append={json.dumps((base.l1.append + ' ' + p.l1_append).strip())}",
             f"l2.append={json.dumps((base.l2.append + ' ' + p.l2_append).strip())}"]
+    if p.trace_key is not None:
+        sets += [f"trace.func_id={'null' if p.trace_key.func is None else p.trace_key.func}",
+                 f"trace.imm={'null' if p.trace_key.imm is None else p.trace_key.imm}"]
     return cfgmod.override(base, sets)
+
+
+def recheck(r: PairingResult, cid: CallId) -> None:
+    """The pairing's ground truth again, from its stored L1 traces, for the call ID learned
+    from them (a student's own function ID or immediate)."""
+    if r.run_dir and r.summary.get("scenarios"):
+        groundtruth.recheck_run(Path(r.run_dir), r.summary, groundtruth.CallKey(func_id=cid.func, imm=cid.imm))
 
 
 def _role_of(e: HarnessError, p: Pairing) -> Optional[str]:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import cache, hostarch, procs
-from .errors import BuildError, InfraError
+from . import buildlog, cache, hostarch, procs
+from .errors import INFRA, BuildError, HarnessError, InfraError
 from .patches import Patch
 from .profiles import COMMON_FRAGMENT, Profile
 from .sources import SourceTree
@@ -211,8 +211,21 @@ class Builder:
         config = build / ".config"
         old = config.read_bytes() if config.exists() else None
         old_stat = config.stat() if config.exists() else None
-        procs.run(self.make_argv("allnoconfig") + [f"KCONFIG_ALLCONFIG={allconfig}"], stage="kernel-config",
-                  log=log, env=self.make_env(), error=BuildError, what="make allnoconfig")
+        try:
+            procs.run(self.make_argv("allnoconfig") + [f"KCONFIG_ALLCONFIG={allconfig}"], stage="kernel-config",
+                      log=log, env=self.make_env(), error=BuildError, what="make allnoconfig")
+        except BuildError as e:
+            # the harness's config step on the tree: a Kconfig error names its file (a patch that
+            # breaks Kconfig is the patch's), anything else is the harness's or the machine's
+            found = buildlog.first_error(log.read_text(errors="replace"))
+            if found and found.tool == buildlog.KCONFIG and not found.resource:
+                e.message = f"make allnoconfig fails: {found.headline()}"
+                e.tail = found.context
+            else:
+                e.kind = INFRA
+                if found:
+                    e.message += f": {found.headline()}"
+            raise
         if old is not None and config.read_bytes() == old:
             os.utime(config, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))  # no spurious rebuild
         missing = missing_symbols(our_requests(self.profile), config.read_text())
@@ -224,6 +237,50 @@ class Builder:
                 stage="kernel-config", log=log, kind="infra",
                 reproduce=self.make_argv("allnoconfig") + [f"KCONFIG_ALLCONFIG={allconfig}"],
             )
+
+    def _explain_failure(self, e: HarnessError, label: str, role: str, log: Path) -> None:
+        """Name the first error of a failed ``make Image``: file, tool, message, and the log
+        lines around it.  Parallel jobs interleave their output, so a failed object is
+        compiled once more alone (-j1) and its clean output is read first.  Running out of
+        disk or memory is the machine's failure, not the patch's."""
+        e.stage = f"kernel-build ({role})"
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            text = e.tail or ""
+        src = self.work / "src"
+        exists = lambda rel: (src / rel).exists()  # noqa: E731
+        exhausted = buildlog.exhaustion(text)
+        found = None
+        if not exhausted:
+            for obj in buildlog.failed_objects(text)[:1]:
+                retry_log = log.with_name("retry-j1.log")
+                try:
+                    procs.run(self.make_argv(obj, jobs=1), stage=e.stage, log=retry_log, env=self.make_env(),
+                              error=BuildError, what=f"make -j1 {obj}", timeout=600)
+                except HarnessError as retry:
+                    rtext = retry_log.read_text(errors="replace") if retry_log.exists() else ""
+                    exhausted = buildlog.exhaustion(rtext)
+                    found = buildlog.first_error(rtext, exists)
+                    if found:
+                        e.reproduce = procs.reproducer(self.make_argv(obj, jobs=1), env=self.make_env())
+                        with open(log, "a") as f:  # the clean output, after the build's own
+                            f.write(f"# --- the first failed object again, alone (-j1): {obj}\n{rtext}")
+        found = found or buildlog.first_error(text, exists)
+        if exhausted:
+            e.kind = INFRA
+            e.message = (f"{label}: the machine ran out of resources ({exhausted}) while building; "
+                         f"not the patch's fault: free space/memory (cache: {cache.cache_root()}) and run again")
+            if found:
+                e.message += f"; the tool said: {found.headline()}"
+        elif found:
+            e.message = f"{label} does not build: {found.headline()}"
+            if found.others:
+                e.message += f" (and {len(found.others)} more error(s) after it)"
+        else:
+            e.message = f"{label} does not build: {e.message}"
+        if found:
+            e.tail = found.context
 
     # -- public ------------------------------------------------------------------------------
     def artefact_key(self, patch: Optional[Patch]) -> str:
@@ -281,10 +338,8 @@ class Builder:
                     procs.run(self.make_argv("Image", jobs=self.jobs), stage="kernel-build", log=log,
                               env=self.make_env(), error=BuildError, what=f"make Image ({label})",
                               on_line=on_line)
-                except BuildError as e:
-                    errors = [ln for ln in (e.tail or "").splitlines() if "error" in ln.lower()]
-                    e.message = f"{label} does not build" + (f": {errors[0].strip()}" if errors else "")
-                    e.stage = f"kernel-build ({role})"
+                except HarnessError as e:
+                    self._explain_failure(e, label, role, log)
                     raise
                 build = self.work / "build"
                 shutil.copyfile(build / "arch" / ARCH / "boot" / "Image", tmp / "Image")
@@ -300,7 +355,7 @@ class Builder:
 
         try:
             path = entry.ensure(do_build)
-        except BuildError as e:
+        except HarnessError as e:
             failed_log = entry.base / f"{key}.failed" / "build.log"
             if failed_log.exists():
                 shutil.copyfile(failed_log, run_log)

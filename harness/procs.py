@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Mapping, Optional, Sequence, Type, Union
 
-from .errors import HarnessError, InfraError, tail_of
+from . import buildlog
+from .errors import INFRA, HarnessError, InfraError, tail_of
 
 PR_SET_PDEATHSIG = 1
 _libc = None
@@ -71,9 +72,13 @@ def run(
     if log is not None:
         log = Path(log)
         log.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(log, "ab")
-        logf.write(f"$ {repro}\n".encode())
-        logf.flush()
+        try:
+            logf = open(log, "ab")
+            logf.write(f"$ {repro}\n".encode())
+            logf.flush()
+        except OSError as e:
+            raise error(f"{what}: cannot write its log {log}: {e.strerror}", stage=stage, kind=INFRA,
+                        reproduce=repro) from None
     try:
         proc = subprocess.Popen(
             argv,
@@ -93,7 +98,20 @@ def run(
 
     def failure(message: str) -> HarnessError:
         out = b"".join(chunks).decode("utf-8", "replace")
-        return error(f"{what}: {message}", stage=stage, log=log, tail=None if log else tail_of(out), reproduce=repro)
+        # the machine running out of something is the machine's failure, whatever the tool
+        exhausted = buildlog.exhaustion(tail_of(log, 400) if log else out)
+        if exhausted:
+            message += f" ({exhausted}: the machine's fault, not the input's)"
+        return error(f"{what}: {message}", stage=stage, log=log, tail=None if log else tail_of(out),
+                     reproduce=repro, kind=INFRA if exhausted else None)
+
+    def log_write(data: bytes) -> None:
+        try:
+            logf.write(data)
+        except OSError as e:  # e.g. ENOSPC: the log's file system is full
+            kill_group(proc)
+            raise error(f"{what}: cannot write its log {log}: {e.strerror}", stage=stage, kind=INFRA,
+                        reproduce=repro) from None
 
     try:
         if input is not None:
@@ -104,7 +122,7 @@ def run(
         deadline = time.monotonic() + timeout if timeout else None
         for raw in iter(proc.stdout.readline, b""):
             if logf:
-                logf.write(raw)
+                log_write(raw)
                 if on_line:
                     on_line(raw.decode("utf-8", "replace").rstrip("\n"))
             else:
@@ -120,7 +138,10 @@ def run(
         raise
     finally:
         if logf:
-            logf.close()
+            try:
+                logf.close()
+            except OSError:
+                pass
     if check and rc != 0:
         raise failure(f"failed with exit code {rc}")
     return subprocess.CompletedProcess(argv, rc, b"".join(chunks).decode("utf-8", "replace"), "")

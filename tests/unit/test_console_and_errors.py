@@ -87,7 +87,8 @@ def test_render_contains_stage_kind_tail_and_reproducer(tmp_path):
     e = BuildError("host kernel does not build", tail="line one\nline two", log=tmp_path / "build.log",
                    reproduce=["make", "-C", "/src dir", "Image"])
     text = e.render()
-    assert text.splitlines()[0] == "FAILED at stage 'kernel-build' (subject): host kernel does not build"
+    assert text.splitlines()[0] == ("FAILED at stage 'kernel-build' (the kernel/patch under test): "
+                                    "host kernel does not build")
     assert f"log: {tmp_path / 'build.log'}" in text
     assert "  | line one\n  | line two" in text
     assert "reproduce: make -C '/src dir' Image" in text
@@ -104,6 +105,44 @@ def test_stage_and_kind_overrides_and_defaults():
     assert isinstance(StageTimeout("t"), HarnessError) and StageTimeout("t").stage == "timeout"
     plain = HarnessError("bare").render()
     assert "reproduce" not in plain and "last lines" not in plain and "log:" not in plain
+
+
+@pytest.mark.parametrize("cls,kind,words,code", [
+    (errors.BuildError, "subject", "the kernel/patch under test", 1),
+    (errors.BootError, "subject", "the kernel/patch under test", 1),
+    (errors.KernelBugError, "subject", "the kernel/patch under test", 1),
+    (errors.ConfigError, "input", "your input", 2),
+    (errors.PatchError, "input", "your input", 2),
+    (errors.SourceError, "input", "your input", 2),
+    # the harness's own steps: an SSH timeout, taskset in L1, the workload's build, a short trace
+    (errors.StageTimeout, "infra", "the machine or harness", 3),
+    (errors.GuestCommandError, "infra", "the machine or harness", 3),
+    (errors.WorkloadError, "infra", "the machine or harness", 3),
+    (errors.TraceError, "infra", "the machine or harness", 3),
+    (errors.InfraError, "infra", "the machine or harness", 3),
+    (errors.ImageError, "infra", "the machine or harness", 3),
+])
+def test_default_kinds_say_whose_fault_in_words(cls, kind, words, code):
+    e = cls("m")
+    assert (e.kind, e.whose_fault, errors.exit_code(e.kind)) == (kind, words, code)
+    assert f"({words}): m" in e.render().splitlines()[0]
+    assert e.to_dict()["whose_fault"] == words
+
+
+def test_unexpected_exception_is_one_line_with_the_traceback_in_a_log(tmp_path):
+    def inner():
+        raise ValueError("invalid literal for int() with base 10: 'garbage'")
+
+    try:
+        inner()
+    except ValueError as exc:
+        e = errors.unexpected(exc, tmp_path / "logs" / "traceback.log", stage="l2-launch")
+    assert (e.kind, e.stage) == ("infra", "l2-launch")
+    assert "\n" not in e.message and "unexpected ValueError: invalid literal" in e.message
+    assert "test_console_and_errors.py:" in e.message  # where it happened
+    tb = (tmp_path / "logs" / "traceback.log").read_text()
+    assert tb.startswith("Traceback") and "in inner" in tb
+    assert e.log == tmp_path / "logs" / "traceback.log"
 
 
 def test_tail_read_from_log_when_not_given(tmp_path):

@@ -351,7 +351,8 @@ def test_failing_make_image_reports_log_tail(env):
     e = ei.value
     assert e.stage == "kernel-build (guest)"
     assert e.message.startswith("guest kernel (broken.patch) does not build")
-    assert "error: the build is broken on purpose" in e.message
+    assert e.message.endswith("does not build: drivers/broken.c:1: compiler: the build is broken on purpose")
+    assert e.kind == "subject"
     assert "error: the build is broken on purpose" in e.tail
     assert "failed with exit code" not in e.tail and "make" in (e.reproduce or "")
     assert e.log == env.logs / "kbuild-guest.log"

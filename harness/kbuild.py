@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import buildlog, cache, hostarch, procs
+from . import buildlog, cache, hostarch, procs, resources
 from .errors import INFRA, BuildError, HarnessError, InfraError
 from .patches import Patch
 from .profiles import COMMON_FRAGMENT, Profile
@@ -299,6 +299,7 @@ class Builder:
         if cached:
             self.progress(f"{label}: cached ({entry.path.name})")
         else:
+            resources.require_disk(self.work_base, resources.KERNEL_BUILD_MB, f"building the {label}")
             self.progress(f"building {label} for Linux {self.source.version_str} "
                           f"(cold: ~5 min; after a small patch change: seconds)")
 

@@ -11,13 +11,55 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Callable, Mapping, Optional, Sequence, Type, Union
+from typing import IO, Callable, Dict, Mapping, Optional, Sequence, Type, Union
 
 from . import buildlog
 from .errors import INFRA, HarnessError, InfraError, tail_of
 
 PR_SET_PDEATHSIG = 1
 _libc = None
+
+# every child this process started and has not yet seen gone (QEMU on its console, make, ...)
+_started: dict = {}  # pid -> what
+
+
+def track(pid: int, what: str) -> None:
+    _started[pid] = what
+
+
+def untrack(pid: int) -> None:
+    _started.pop(pid, None)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def survivors(grace: float = 5.0) -> Dict[int, str]:
+    """Children started by this process that are still running after ``grace`` seconds
+    (SIGKILLed, process group included, once the grace is over).  Returns those that
+    survived even that: the check behind "every QEMU of this run was stopped"."""
+    end = time.monotonic() + grace
+    while time.monotonic() < end and not all(_gone(p) for p in _started):
+        time.sleep(0.05)
+    alive = {p: w for p, w in _started.items() if not _gone(p)}
+    for pid in alive:
+        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                kill()
+            except OSError:
+                pass
+    end = time.monotonic() + 5
+    while time.monotonic() < end and not all(_gone(p) for p in alive):
+        time.sleep(0.05)
+    for pid in [p for p in _started if _gone(p)]:
+        untrack(pid)
+    return {p: w for p, w in alive.items() if not _gone(p)}
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -95,6 +137,7 @@ def run(
             logf.close()
         raise error(f"{what}: command not found: {argv[0]} (run `make setup`)", stage=stage, reproduce=repro) from e
     chunks = []
+    track(proc.pid, what)
 
     def failure(message: str) -> HarnessError:
         out = b"".join(chunks).decode("utf-8", "replace")
@@ -137,6 +180,8 @@ def run(
         kill_group(proc)
         raise
     finally:
+        if proc.poll() is not None:
+            untrack(proc.pid)
         if logf:
             try:
                 logf.close()

@@ -1,5 +1,6 @@
 """harness/console.py (crash signatures, Console on a real local process) and
 harness/errors.py (rendering, tails)."""
+import threading
 import time
 
 import pytest
@@ -73,7 +74,19 @@ def test_nvhe_hyp_panic_sequence_is_fatal():
     text = ("[  6.0] kvm [1]: nVHE hyp panic at: [<ffff800008abc000>] __kvm_nvhe_foo+0x0/0x4!\n"
             "[  6.0] Kernel panic - not syncing: HYP panic:\n"
             "[  6.0] PS:600003c9 PC:0000000000000000 ESR:0000000000000000\n")
-    assert any(f.fatal for f in scan(text))
+    found = scan(text)
+    assert [(f.signature, f.fatal) for f in found] == [("hyp-panic", True), ("hyp-panic", True)]
+    assert "nVHE hyp panic at" in found[0].line
+
+
+@pytest.mark.parametrize("line", [
+    "[  6.0] kvm [1]: nVHE hyp panic at: [<ffff800008abc000>] __kvm_nvhe_foo+0x0/0x4!",
+    "[  6.0] kvm [1]: nVHE hyp BUG at: arch/arm64/kvm/hyp/nvhe/switch.c:300!",
+    "[  6.0] kvm [1]: Hyp Offset: 0xfffecc0000000000",
+])
+def test_hyp_panic_signature_alone(line):
+    got = [(f.signature, f.fatal) for f in scan(line)]
+    assert got == ([] if "Hyp Offset" in line else [("hyp-panic", True)])
 
 
 def test_one_finding_per_line_in_order():
@@ -237,17 +250,34 @@ def test_wait_for_finds_marker_and_close_leaves_no_process(consoles, tmp_path):
     assert not c._thread.is_alive()
 
 
+def _send_when(c: Console, ready, data: str = "go\n") -> threading.Thread:
+    """Send ``data`` to the console's process once ``ready()`` holds (polled on the console's
+    own condition): the script waits on `read`, so the order is an event, not a sleep."""
+    def run():
+        with c._cond:
+            c._cond.wait_for(ready, timeout=10)
+        c.send(data)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
 def test_wait_for_respects_start_offset(consoles):
-    c = consoles("echo MARK one; sleep 0.05; echo MARK two; sleep 30")
+    c = consoles("echo MARK one; read go; echo MARK two; sleep 30")
     c.wait_for("MARK one", Deadline(5, "s"), "first")
     start = c.mark()
+    assert "MARK two" not in c.text()  # the script is blocked until we say go
+    c.send("go\n")
     m = c.wait_for(r"MARK \w+", Deadline(5, "s"), "second", start=start)
     assert m.group(0) == "MARK two" and m.start() >= start
 
 
 def test_panic_stops_the_wait_quickly(consoles):
-    c = consoles("echo booting; echo 'Kernel panic - not syncing: x'; sleep 0.1; "
+    """A fatal line stops the wait; the lines printed after it (the rest of the oops) are
+    still captured: the script prints them only once the panic line has been seen."""
+    c = consoles("echo booting; echo 'Kernel panic - not syncing: x'; read go; "
                  "echo 'CPU: 0 PID: 1 Comm: init'; sleep 30")
+    _send_when(c, lambda: any(f.fatal for f in c.findings))
     t0 = time.monotonic()
     with pytest.raises(BootError) as ei:
         c.wait_for("HARNESS-READY", Deadline(20, "l1-boot"), "the ready marker")
@@ -255,12 +285,14 @@ def test_panic_stops_the_wait_quickly(consoles):
     e = ei.value
     assert e.stage == "l1-boot" and "crashed (panic" in e.message and "not syncing: x" in e.message
     assert "Kernel panic - not syncing: x" in e.tail
+    assert "CPU: 0 PID: 1 Comm: init" in e.tail, "the rest of the oops was not waited for"
     assert [f.signature for f in c.findings] == ["panic"]
 
 
 def test_non_fatal_bug_does_not_stop_the_wait(consoles):
     c = consoles("echo 'BUG: using smp_processor_id() in preemptible [00000000] code: CPU 0/KVM/123'; "
-                 "sleep 0.1; echo HARNESS-READY l1; sleep 30")
+                 "read go; echo HARNESS-READY l1; sleep 30")
+    _send_when(c, lambda: bool(c.findings))  # READY only after the BUG line was scanned
     assert c.wait_for("HARNESS-READY l1", Deadline(5, "l1-boot"), "marker")
     assert [(f.signature, f.fatal) for f in c.findings] == [("bug", False)]
 
@@ -283,6 +315,7 @@ def test_timeout_raises_stage_timeout(consoles):
     took = time.monotonic() - t0
     assert 0.14 <= took < 1.5
     assert ei.value.stage == "l1-boot" and "no the ready marker" in ei.value.message
+    assert ei.value.kind == "subject"  # the kernel under test showed no progress
     assert "still booting" in ei.value.tail
     assert c.alive()  # a timeout does not kill: close() does
 
@@ -293,11 +326,15 @@ def test_abort_callback(consoles):
         c.wait_for("never", Deadline(5, "l2-ssh"), "x", abort=lambda: "QEMU went away")
 
 
-def test_deadline_parent_bounds_child():
+def test_deadline_parent_bounds_child(monkeypatch):
+    from harness import deadline as deadline_mod
+    now = [1000.0]
+    monkeypatch.setattr(deadline_mod.time, "monotonic", lambda: now[0])
     parent = Deadline(0.05, "job")
     child = parent.child(100, "stage")
-    assert child.remaining() <= 0.05 and child.end == parent.end
-    time.sleep(0.06)
-    assert child.expired()
+    assert child.remaining() == pytest.approx(0.05) and child.end == parent.end
+    assert not child.expired()
+    now[0] += 0.06  # the clock moves: no sleep
+    assert child.expired() and child.remaining() == 0
     with pytest.raises(StageTimeout, match="stage: waiting"):
         child.check("waiting")

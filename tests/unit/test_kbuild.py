@@ -52,8 +52,12 @@ def test_missing_symbols():
 def test_repo_common_fragment_parses():
     syms = kbuild.requested_symbols(profiles.COMMON_FRAGMENT.read_text())
     assert syms.get("CONFIG_PRINTK") == "y" and len(syms) > 10
-    # satisfied by a .config that is exactly the fragment
-    assert kbuild.missing_symbols(syms, profiles.COMMON_FRAGMENT.read_text()) == []
+    # a final .config that lost one request (kconfig dropped a symbol whose dependency is
+    # missing) is caught, naming exactly that symbol
+    dropped = "CONFIG_PRINTK"
+    final = "\n".join(f"{k}={v}" if v != "n" else f"# {k} is not set" for k, v in syms.items() if k != dropped)
+    assert kbuild.missing_symbols(syms, final) == [f"{dropped}=y (final: absent)"]
+    assert kbuild.missing_symbols(syms, final + f"\n{dropped}=y\n") == []
 
 
 # -- the fake kernel tree ------------------------------------------------------------------

@@ -96,6 +96,23 @@ def our_requests(profile: Profile) -> Dict[str, str]:
     return requested_symbols(text)
 
 
+def _damaged(entry: Path) -> Optional[str]:
+    """Why a cached kernel entry cannot be used (Image missing, truncated or changed), or None."""
+    image = entry / "Image"
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        size = image.stat().st_size
+    except (OSError, ValueError):
+        return "Image or meta.json missing"
+    if size == 0:
+        return "Image is empty"
+    if "image_bytes" in meta and size != meta["image_bytes"]:
+        return f"Image has {size} bytes, {meta['image_bytes']} were built"
+    if "image_sha256" in meta and cache.file_digest(image) != meta["image_sha256"]:
+        return "Image's sha256 differs from the one recorded at build time"
+    return None
+
+
 class Builder:
     """Builds kernels for one source tree and profile."""
 
@@ -297,6 +314,13 @@ class Builder:
         run_log = log_dir / f"kbuild-{role}.log"
         cached = entry.ready()
         if cached:
+            damage = _damaged(entry.path)
+            if damage:  # a cache entry changed after it was made (disk error, a tool, a person)
+                self.progress(f"warning: cached {label} is damaged ({damage}): building it again")
+                with cache.locked(entry.base / f"{key}.lock"):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                cached = False
+        if cached:
             self.progress(f"{label}: cached ({entry.path.name})")
         else:
             resources.require_disk(self.work_base, resources.KERNEL_BUILD_MB, f"building the {label}")
@@ -347,6 +371,8 @@ class Builder:
                 shutil.copyfile(build / ".config", tmp / "config")
                 if (build / "System.map").exists():
                     shutil.copyfile(build / "System.map", tmp / "System.map")
+            meta["image_sha256"] = cache.file_digest(tmp / "Image")
+            meta["image_bytes"] = (tmp / "Image").stat().st_size
             meta["seconds"] = round(time.monotonic() - t0, 1)
             meta["compiled_files"] = counter["n"]
             meta["compiler_warnings"] = counter["warnings"]  # old trees with today's gcc: many, none fatal

@@ -368,3 +368,17 @@ def test_failing_make_image_reports_log_tail(env):
     assert "kernel-build (guest)" in rendered and "| drivers/broken.c:1:1: error" in rendered
     # after the failure, an unpatched build is pristine again
     assert image_of(b.build("guest", None, env.logs)) == PRISTINE_IMAGE
+
+
+def test_truncated_cached_image_is_rebuilt_not_booted(env):
+    b = env.builder()
+    first = b.build("host", PATCH_A, env.logs)
+    assert first.meta["image_bytes"] == first.image.stat().st_size
+    with open(first.image, "r+b") as f:
+        f.truncate(3)
+    messages = len(env.messages)
+    again = b.build("host", PATCH_A, env.logs)
+    assert not again.cached
+    assert any("damaged (Image has 3 bytes" in m for m in env.messages[messages:])
+    assert "kvm PATCH-A" in image_of(again)
+    assert again.image.stat().st_size == first.meta["image_bytes"]

@@ -15,7 +15,7 @@ PYTHON := $(VENV)/bin/python
 APT_PACKAGES = $(shell $(SYSTEM_PYTHON) $(CURDIR)/harness/hostarch.py apt-packages)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-system setup-python run test unit e2e bench clean lab-test lab-grade
+.PHONY: setup setup-system setup-python run test unit e2e faults bench soak clean lab-test lab-grade
 
 setup: setup-system setup-python
 
@@ -45,10 +45,17 @@ unit: setup-python
 e2e: setup-python
 	$(PYTHON) -m pytest -q -rs -m e2e
 
+# fault injection (disk full, panics, hangs, SIGINT/SIGKILL, a damaged cache): root, ~N min warm
+faults: setup-python
+	$(PYTHON) -m pytest -q -rs -m faults tests/faults
+
 test: setup unit e2e
 
 bench: setup
 	$(PYTHON) -m harness.bench
+
+soak: setup-python
+	$(PYTHON) -m harness.bench soak $(or $(N),20)
 
 clean: setup-python
 	$(PYTHON) -m harness clean

@@ -120,6 +120,10 @@ class Session:
                 err.append(chan.recv_stderr(65536))
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
+            transport = self.client.get_transport()
+            if chan.closed or transport is None or not transport.is_active():
+                raise InfraError(f"{self.name}: the SSH connection was lost while `{shlex.join(map(str, argv))}` "
+                                 "ran (the guest, its SSH server or QEMU went away)", stage=stage)
             if time.monotonic() > end:
                 chan.close()
                 raise StageTimeout(f"{self.name}: `{shlex.join(map(str, argv))}` did not finish within "

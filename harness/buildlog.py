@@ -160,7 +160,8 @@ def _match(lines: List[str], i: int, exists) -> Optional[BuildFailure]:
 def first_error(text: str, exists: Optional[Callable[[str], bool]] = None) -> Optional[BuildFailure]:
     """The first error the log shows, or None.  ``exists(rel)`` tells whether a source file
     exists (to map kernel/sys.o to .c or .S); without it, .c is assumed."""
-    lines = text.splitlines()
+    # gcc quotes with ‘’ in a UTF-8 locale and with '' in C: the same message either way
+    lines = text.replace("\u2018", "'").replace("\u2019", "'").splitlines()
     found: List[BuildFailure] = []
     for i in range(len(lines)):
         f = _match(lines, i, exists)

@@ -267,7 +267,7 @@ class Builder:
             text = e.tail or ""
         src = self.work / "src"
         exists = lambda rel: (src / rel).exists()  # noqa: E731
-        exhausted = buildlog.exhaustion(text)
+        exhausted = buildlog.exhaustion(text) or buildlog.exhaustion(e.message)  # the log itself may be unwritable
         found = None
         if not exhausted:
             for obj in buildlog.failed_objects(text)[:1]:

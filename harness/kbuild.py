@@ -110,7 +110,24 @@ def _damaged(entry: Path) -> Optional[str]:
         return f"Image has {size} bytes, {meta['image_bytes']} were built"
     if "image_sha256" in meta and cache.file_digest(image) != meta["image_sha256"]:
         return "Image's sha256 differs from the one recorded at build time"
+    expected = _image_size_from_map(entry / "System.map")  # entries made before sizes were recorded
+    if expected is not None and size != expected:
+        return f"Image has {size} bytes, System.map says {expected} (_edata - _text)"
     return None
+
+
+def _image_size_from_map(system_map: Path) -> Optional[int]:
+    """arm64's Image is the kernel from _text to _edata: its size, from System.map."""
+    addr = {}
+    try:
+        with open(system_map) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] in ("_text", "_edata"):
+                    addr[parts[2]] = int(parts[0], 16)
+    except (OSError, ValueError):
+        return None
+    return addr["_edata"] - addr["_text"] if len(addr) == 2 else None
 
 
 class Builder:

@@ -114,10 +114,14 @@ class Session:
         end = time.monotonic() + timeout
         out, err = [], []
         while True:
-            while chan.recv_ready():
-                out.append(chan.recv(65536))
-            while chan.recv_stderr_ready():
-                err.append(chan.recv_stderr(65536))
+            try:
+                while chan.recv_ready():
+                    out.append(chan.recv(65536))
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(65536))
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise InfraError(f"{self.name}: the SSH connection failed while `{shlex.join(map(str, argv))}` "
+                                 f"ran: {type(e).__name__} {e}", stage=stage) from None
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             transport = self.client.get_transport()

@@ -106,8 +106,12 @@ class Session:
         """Start argv without waiting; read it later with ``finish``."""
         cmd = shlex.join(str(a) for a in argv)
         self._record(f"[{self.name}]$ {cmd} &\n")
-        chan = self.client.get_transport().open_session()
-        chan.exec_command(cmd)
+        try:
+            chan = self.client.get_transport().open_session()
+            chan.exec_command(cmd)
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            raise InfraError(f"{self.name}: SSH failed while starting `{cmd}`: {type(e).__name__} {e}",
+                             stage="guest-command") from None
         return chan
 
     def finish(self, chan: paramiko.Channel, argv: Sequence, timeout: float, stage: str = "guest-command") -> Result:

@@ -206,7 +206,7 @@ def test_l1_qemu_killed_mid_scenario(warm, tmp_path):
         live.kill()
     assert r.rc == 3, r.out[-3000:]
     line = failed_line(r.out)
-    assert "(the machine or harness)" in line and "workload (long)" in line, line
+    assert "(the machine or harness)" in line and "SSH" in line and "unexpected" not in line, line
     assert summary_of(run_dir)["error"]["kind"] == "infra"
     assert no_process_left(str(run_dir)) == []
 

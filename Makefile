@@ -45,11 +45,12 @@ unit: setup-python
 e2e: setup-python
 	$(PYTHON) -m pytest -q -rs -m e2e
 
-# fault injection (disk full, panics, hangs, SIGINT/SIGKILL, a damaged cache): root, ~N min warm
+# fault injection (disk full, panics, hangs, SIGINT/SIGKILL, a damaged cache): root; 11 min warm
+# (measured); part of `make test` (cold CI: ~8 min builds + e2e + 11 min, well under 60)
 faults: setup-python
 	$(PYTHON) -m pytest -q -rs -m faults tests/faults
 
-test: setup unit e2e
+test: setup unit e2e faults
 
 bench: setup
 	$(PYTHON) -m harness.bench

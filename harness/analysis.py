@@ -74,6 +74,8 @@ def describe(verdict_word: str, syscall_nr: int) -> str:
         "no-syscall": f"the guest kernel has no syscall {syscall_nr} (-ENOSYS)",
         "mixed": "some calls failed; see outcomes",
         "no-samples": "the trace is empty",
+        "wrong-pcpu": "a pinned vCPU reported a pCPU other than the one its thread was pinned to",
+        "wrong-vcpu": "a workload did not stay on the vCPU it was bound to in L2",
     }.get(verdict_word, verdict_word)
 
 

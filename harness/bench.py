@@ -1,6 +1,7 @@
 """Performance figures of the harness (``make bench``), printed and saved as JSON.
 
     python -m harness.bench [--cold] [--repeat N] [--calls N] [--kernel-tree PATH]
+    python -m harness.bench soak N        (robustness: N warm runs, random SIGINT/SIGKILL)
 
 Measures, on this machine: the warm default run (everything cached), a kernel rebuild
 after a one-line change of kvm.patch, L1 boot-to-SSH and L2 launch-to-SSH, host_cpuid
@@ -91,6 +92,10 @@ def experiment_figures(cfg_path: Optional[str], kernel_tree: Optional[str]) -> d
 
 
 def main() -> int:
+    import sys
+    if sys.argv[1:2] == ["soak"]:  # python -m harness.bench soak N: see harness/soak.py
+        from . import soak
+        return soak.main(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="config (default: configs/default.yaml)")
     p.add_argument("--cold", action="store_true", help="also time a run with an empty cache (~12 min)")

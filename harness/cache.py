@@ -107,6 +107,11 @@ class Entry:
         self.base = (root or cache_root()) / kind
         self.path = self.base / key
 
+    def _keep_logs_only(self, tmp: Path) -> None:
+        """A failed attempt keeps its logs beside the entry (``<key>.failed/``) and nothing
+        else: a half-extracted tree or half-built kernel must not keep the disk full."""
+        _keep_logs_only_impl(tmp, self.base / f"{self.key}.failed")
+
     def ready(self) -> bool:
         return (self.path / ".complete").exists()
 
@@ -117,6 +122,7 @@ class Entry:
         with locked(self.base / f"{self.key}.lock"):
             if self.ready():
                 return self.path
+            _sweep_dead_tmp(self.base)
             tmp = self.base / f"{self.key}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -127,13 +133,48 @@ class Entry:
                     shutil.rmtree(self.path)
                 os.rename(tmp, self.path)
             except BaseException:
-                # keep the failed attempt's logs beside the entry for inspection
-                failed = self.base / f"{self.key}.failed"
-                shutil.rmtree(failed, ignore_errors=True)
-                if tmp.exists():
-                    os.rename(tmp, failed)
+                self._keep_logs_only(tmp)
                 raise
         return self.path
+
+
+KEPT_ON_FAILURE = (".log", ".json")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_dead_tmp(base: Path) -> None:
+    """Remove ``*.tmp-<pid>`` directories whose process is gone (a SIGKILLed build)."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        head, sep, pid = name.rpartition(".tmp-")
+        if sep and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(base / name, ignore_errors=True)
+
+
+def _keep_logs_only_impl(tmp: Path, failed: Path) -> None:
+    shutil.rmtree(failed, ignore_errors=True)
+    if not tmp.exists():
+        return
+    try:
+        failed.mkdir(parents=True, exist_ok=True)
+        for p in tmp.iterdir():
+            if p.is_file() and p.name.endswith(KEPT_ON_FAILURE):
+                os.rename(p, failed / p.name)
+    except OSError:
+        pass
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def clean(kinds: Optional[list] = None) -> list:

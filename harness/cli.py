@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import analysis, cache, config, sources
-from .errors import INPUT, HarnessError
+from . import analysis, cache, config, procs, sources
+from .errors import HarnessError, exit_code, unexpected
 
 ENV_TREE = "KVM_HARNESS_KERNEL_TREE"
 
@@ -175,10 +175,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except HarnessError as e:
         print("\n" + e.render(), file=sys.stderr)
-        return 2 if e.kind == INPUT else (1 if e.kind == "subject" else 3)
+        return exit_code(e.kind)
     except KeyboardInterrupt:
-        print("\ninterrupted: every QEMU of this run was stopped", file=sys.stderr)
+        left = procs.survivors()
+        if left:
+            print("\ninterrupted: could not stop " + ", ".join(f"{w} (pid {p})" for p, w in left.items()),
+                  file=sys.stderr)
+            return 3
+        print("\ninterrupted: every QEMU and build process of this run was stopped (checked)", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - not a HarnessError: a harness bug, exit 3 in one line
+        log = cache.cache_root() / "logs" / f"traceback-{os.getpid()}.log"
+        print("\n" + unexpected(exc, log).render(), file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

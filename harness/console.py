@@ -12,8 +12,9 @@ from typing import Callable, List, Optional, Pattern
 import pexpect
 
 from .deadline import Deadline
+from . import procs
 from .procs import _die_with_parent
-from .errors import BootError, StageTimeout, tail_of
+from .errors import SUBJECT, BootError, StageTimeout, tail_of
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Console:
         # the pty's session makes QEMU a process-group leader; PDEATHSIG ties it to us
         self.child = pexpect.spawn(argv[0], argv[1:], echo=False, timeout=None, encoding=None,
                                    dimensions=(50, 200), preexec_fn=_die_with_parent)
+        procs.track(self.child.pid, f"{name}'s QEMU")
         self._thread = threading.Thread(target=self._drain, name=f"console-{name}", daemon=True)
         self._thread.start()
 
@@ -151,8 +153,9 @@ class Console:
                         raise BootError(f"{deadline.stage}: {reason}", stage=deadline.stage, tail=self.tail(60))
                 left = deadline.remaining()
                 if left <= 0:
+                    # the console of the kernel under test shows no progress: the kernel's failure
                     raise StageTimeout(f"{deadline.stage}: no {what} after {deadline.elapsed():.0f} s",
-                                       stage=deadline.stage, tail=self.tail(60))
+                                       stage=deadline.stage, tail=self.tail(60), kind=SUBJECT)
                 self._cond.wait(min(left, 0.5))
 
     def mark(self) -> int:
@@ -166,6 +169,8 @@ class Console:
         except Exception:  # noqa: BLE001 - best effort during teardown
             pass
         self._thread.join(timeout=2)
+        if not self.child.isalive():
+            procs.untrack(self.child.pid)
         try:
             self._logf.close()
         except OSError:

@@ -18,6 +18,20 @@ SUBJECT = "subject"      # the kernel/patch under test misbehaved (boot failure,
 INFRA = "infra"          # the machine, toolchain or harness failed
 TEST = "test"            # an assertion about behaviour did not hold
 
+# what each kind means to the person reading the failure (a student, a TA)
+WHOSE_FAULT = {
+    SUBJECT: "the kernel/patch under test",
+    INPUT: "your input",
+    INFRA: "the machine or harness",
+    TEST: "the kernel/patch under test",
+}
+# exit status of `kvm-harness run` per kind
+EXIT_CODES = {SUBJECT: 1, TEST: 1, INPUT: 2, INFRA: 3}
+
+
+def exit_code(kind: str) -> int:
+    return EXIT_CODES.get(kind, 3)
+
 TAIL_LINES = 40
 
 
@@ -73,12 +87,16 @@ class HarnessError(Exception):
             reproduce = shlex.join(str(a) for a in reproduce)
         self.reproduce = reproduce
 
+    @property
+    def whose_fault(self) -> str:
+        return WHOSE_FAULT.get(self.kind, self.kind)
+
     def __str__(self) -> str:
         return f"[{self.stage}] {self.message}"
 
     def render(self) -> str:
         """The multi-line report printed at the end of a failed run."""
-        out = [f"FAILED at stage '{self.stage}' ({self.kind}): {self.message}"]
+        out = [f"FAILED at stage '{self.stage}' ({self.whose_fault}): {self.message}"]
         if self.log:
             out.append(f"  log: {self.log}")
         if self.tail:
@@ -94,6 +112,7 @@ class HarnessError(Exception):
             "error": type(self).__name__,
             "stage": self.stage,
             "kind": self.kind,
+            "whose_fault": self.whose_fault,
             "message": self.message,
             "log": str(self.log) if self.log else None,
             "tail": self.tail,
@@ -148,24 +167,49 @@ class InfraError(HarnessError):
 
 
 class StageTimeout(HarnessError):
-    """A stage did not finish before its deadline."""
+    """A stage did not finish before its deadline.  The harness's by default (an SSH
+    command that hangs, a slow machine); a boot stage that waits for the kernel under
+    test says kind=SUBJECT where it raises."""
 
     stage = "timeout"
-    kind = SUBJECT
+    kind = INFRA
 
 
 class GuestCommandError(HarnessError):
     """A command run over SSH exited non-zero."""
 
     stage = "guest-command"
-    kind = SUBJECT
+    kind = INFRA
 
 
 class WorkloadError(HarnessError):
     stage = "workload"
-    kind = SUBJECT
+    kind = INFRA
 
 
 class TraceError(HarnessError):
     stage = "trace"
-    kind = SUBJECT
+    kind = INFRA
+
+
+def unexpected(exc: BaseException, log: Path, stage: str = "harness") -> InfraError:
+    """An exception that is not a HarnessError (a bug in the harness, a library failing
+    in a way nobody foresaw): one clear line, the traceback kept in ``log``."""
+    import traceback
+
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError:
+        log = None
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        where = f" (at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno})"
+    err = InfraError(f"unexpected {type(exc).__name__}: {exc}{where}; the traceback is in {log}",
+                     stage=stage, tail="")
+    err.log = log
+    return err

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import cache, hostarch, procs
-from .errors import BuildError, InfraError
+from . import buildlog, cache, hostarch, procs, resources
+from .errors import INFRA, BuildError, HarnessError, InfraError
 from .patches import Patch
 from .profiles import COMMON_FRAGMENT, Profile
 from .sources import SourceTree
@@ -94,6 +94,40 @@ def our_requests(profile: Profile) -> Dict[str, str]:
     """The symbols the harness needs (the tree's tiny fragments are best effort)."""
     text = COMMON_FRAGMENT.read_text() + "\n" + "\n".join(p.read_text() for p in profile.fragments)
     return requested_symbols(text)
+
+
+def _damaged(entry: Path) -> Optional[str]:
+    """Why a cached kernel entry cannot be used (Image missing, truncated or changed), or None."""
+    image = entry / "Image"
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        size = image.stat().st_size
+    except (OSError, ValueError):
+        return "Image or meta.json missing"
+    if size == 0:
+        return "Image is empty"
+    if "image_bytes" in meta and size != meta["image_bytes"]:
+        return f"Image has {size} bytes, {meta['image_bytes']} were built"
+    if "image_sha256" in meta and cache.file_digest(image) != meta["image_sha256"]:
+        return "Image's sha256 differs from the one recorded at build time"
+    expected = _image_size_from_map(entry / "System.map")  # entries made before sizes were recorded
+    if expected is not None and size != expected:
+        return f"Image has {size} bytes, System.map says {expected} (_edata - _text)"
+    return None
+
+
+def _image_size_from_map(system_map: Path) -> Optional[int]:
+    """arm64's Image is the kernel from _text to _edata: its size, from System.map."""
+    addr = {}
+    try:
+        with open(system_map) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] in ("_text", "_edata"):
+                    addr[parts[2]] = int(parts[0], 16)
+    except (OSError, ValueError):
+        return None
+    return addr["_edata"] - addr["_text"] if len(addr) == 2 else None
 
 
 class Builder:
@@ -221,9 +255,21 @@ class Builder:
         config = build / ".config"
         old = config.read_bytes() if config.exists() else None
         old_stat = config.stat() if config.exists() else None
-        procs.run(self.confined(self.make_argv("allnoconfig") + [f"KCONFIG_ALLCONFIG={allconfig}"]),
-                  stage="kernel-config",
-                  log=log, env=self.make_env(), error=BuildError, what="make allnoconfig")
+        try:
+            procs.run(self.confined(self.make_argv("allnoconfig")) + [f"KCONFIG_ALLCONFIG={allconfig}"], stage="kernel-config",
+                      log=log, env=self.make_env(), error=BuildError, what="make allnoconfig")
+        except BuildError as e:
+            # the harness's config step on the tree: a Kconfig error names its file (a patch that
+            # breaks Kconfig is the patch's), anything else is the harness's or the machine's
+            found = buildlog.first_error(log.read_text(errors="replace"))
+            if found and found.tool == buildlog.KCONFIG and not found.resource:
+                e.message = f"make allnoconfig fails: {found.headline()}"
+                e.tail = found.context
+            else:
+                e.kind = INFRA
+                if found:
+                    e.message += f": {found.headline()}"
+            raise
         if old is not None and config.read_bytes() == old:
             os.utime(config, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))  # no spurious rebuild
         missing = missing_symbols(our_requests(self.profile), config.read_text())
@@ -235,6 +281,50 @@ class Builder:
                 stage="kernel-config", log=log, kind="infra",
                 reproduce=self.make_argv("allnoconfig") + [f"KCONFIG_ALLCONFIG={allconfig}"],
             )
+
+    def _explain_failure(self, e: HarnessError, label: str, role: str, log: Path) -> None:
+        """Name the first error of a failed ``make Image``: file, tool, message, and the log
+        lines around it.  Parallel jobs interleave their output, so a failed object is
+        compiled once more alone (-j1) and its clean output is read first.  Running out of
+        disk or memory is the machine's failure, not the patch's."""
+        e.stage = f"kernel-build ({role})"
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            text = e.tail or ""
+        src = self.work / "src"
+        exists = lambda rel: (src / rel).exists()  # noqa: E731
+        exhausted = buildlog.exhaustion(text) or buildlog.exhaustion(e.message)  # the log itself may be unwritable
+        found = None
+        if not exhausted:
+            for obj in buildlog.failed_objects(text)[:1]:
+                retry_log = log.with_name("retry-j1.log")
+                try:
+                    procs.run(self.make_argv(obj, jobs=1), stage=e.stage, log=retry_log, env=self.make_env(),
+                              error=BuildError, what=f"make -j1 {obj}", timeout=600)
+                except HarnessError as retry:
+                    rtext = retry_log.read_text(errors="replace") if retry_log.exists() else ""
+                    exhausted = buildlog.exhaustion(rtext)
+                    found = buildlog.first_error(rtext, exists)
+                    if found:
+                        e.reproduce = procs.reproducer(self.make_argv(obj, jobs=1), env=self.make_env())
+                        with open(log, "a") as f:  # the clean output, after the build's own
+                            f.write(f"# --- the first failed object again, alone (-j1): {obj}\n{rtext}")
+        found = found or buildlog.first_error(text, exists)
+        if exhausted:
+            e.kind = INFRA
+            e.message = (f"{label}: the machine ran out of resources ({exhausted}) while building; "
+                         f"not the patch's fault: free space/memory (cache: {cache.cache_root()}) and run again")
+            if found:
+                e.message += f"; the tool said: {found.headline()}"
+        elif found:
+            e.message = f"{label} does not build: {found.headline()}"
+            if found.others:
+                e.message += f" (and {len(found.others)} more error(s) after it)"
+        else:
+            e.message = f"{label} does not build: {e.message}"
+        if found:
+            e.tail = found.context
 
     # -- public ------------------------------------------------------------------------------
     def artefact_key(self, patch: Optional[Patch]) -> str:
@@ -251,8 +341,16 @@ class Builder:
         run_log = log_dir / f"kbuild-{role}.log"
         cached = entry.ready()
         if cached:
+            damage = _damaged(entry.path)
+            if damage:  # a cache entry changed after it was made (disk error, a tool, a person)
+                self.progress(f"warning: cached {label} is damaged ({damage}): building it again")
+                with cache.locked(entry.base / f"{key}.lock"):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                cached = False
+        if cached:
             self.progress(f"{label}: cached ({entry.path.name})")
         else:
+            resources.require_disk(self.work_base, resources.KERNEL_BUILD_MB, f"building the {label}")
             self.progress(f"building {label} for Linux {self.source.version_str} "
                           f"(cold: ~5 min; after a small patch change: seconds)")
 
@@ -292,16 +390,16 @@ class Builder:
                     procs.run(self.confined(self.make_argv("Image", jobs=self.jobs)), stage="kernel-build", log=log,
                               env=self.make_env(), error=BuildError, what=f"make Image ({label})",
                               on_line=on_line)
-                except BuildError as e:
-                    errors = [ln for ln in (e.tail or "").splitlines() if "error" in ln.lower()]
-                    e.message = f"{label} does not build" + (f": {errors[0].strip()}" if errors else "")
-                    e.stage = f"kernel-build ({role})"
+                except HarnessError as e:
+                    self._explain_failure(e, label, role, log)
                     raise
                 build = self.work / "build"
                 shutil.copyfile(build / "arch" / ARCH / "boot" / "Image", tmp / "Image")
                 shutil.copyfile(build / ".config", tmp / "config")
                 if (build / "System.map").exists():
                     shutil.copyfile(build / "System.map", tmp / "System.map")
+            meta["image_sha256"] = cache.file_digest(tmp / "Image")
+            meta["image_bytes"] = (tmp / "Image").stat().st_size
             meta["seconds"] = round(time.monotonic() - t0, 1)
             meta["compiled_files"] = counter["n"]
             meta["compiler_warnings"] = counter["warnings"]  # old trees with today's gcc: many, none fatal
@@ -311,7 +409,7 @@ class Builder:
 
         try:
             path = entry.ensure(do_build)
-        except BuildError as e:
+        except HarnessError as e:
             failed_log = entry.base / f"{key}.failed" / "build.log"
             if failed_log.exists():
                 shutil.copyfile(failed_log, run_log)

@@ -140,7 +140,8 @@ class Guest:
                 raise BootError(f"{deadline.stage}: {reason}", stage=deadline.stage, tail=text[-4000:])
             if deadline.expired():
                 raise StageTimeout(f"{deadline.stage}: L2 did not print {READY_L2!r} within "
-                                   f"{deadline.elapsed():.0f} s", stage=deadline.stage, tail=text[-4000:])
+                                   f"{deadline.elapsed():.0f} s", stage=deadline.stage, tail=text[-4000:],
+                                   kind="subject")  # L2's kernel or init did not come up
             time.sleep(poll)
 
     def ssh(self, deadline: Deadline) -> Session:

@@ -11,12 +11,55 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Callable, Mapping, Optional, Sequence, Type, Union
+from typing import IO, Callable, Dict, Mapping, Optional, Sequence, Type, Union
 
-from .errors import HarnessError, InfraError, tail_of
+from . import buildlog
+from .errors import INFRA, HarnessError, InfraError, tail_of
 
 PR_SET_PDEATHSIG = 1
 _libc = None
+
+# every child this process started and has not yet seen gone (QEMU on its console, make, ...)
+_started: dict = {}  # pid -> what
+
+
+def track(pid: int, what: str) -> None:
+    _started[pid] = what
+
+
+def untrack(pid: int) -> None:
+    _started.pop(pid, None)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def survivors(grace: float = 5.0) -> Dict[int, str]:
+    """Children started by this process that are still running after ``grace`` seconds
+    (SIGKILLed, process group included, once the grace is over).  Returns those that
+    survived even that: the check behind "every QEMU of this run was stopped"."""
+    end = time.monotonic() + grace
+    while time.monotonic() < end and not all(_gone(p) for p in _started):
+        time.sleep(0.05)
+    alive = {p: w for p, w in _started.items() if not _gone(p)}
+    for pid in alive:
+        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                kill()
+            except OSError:
+                pass
+    end = time.monotonic() + 5
+    while time.monotonic() < end and not all(_gone(p) for p in alive):
+        time.sleep(0.05)
+    for pid in [p for p in _started if _gone(p)]:
+        untrack(pid)
+    return {p: w for p, w in alive.items() if not _gone(p)}
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -71,9 +114,13 @@ def run(
     if log is not None:
         log = Path(log)
         log.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(log, "ab")
-        logf.write(f"$ {repro}\n".encode())
-        logf.flush()
+        try:
+            logf = open(log, "ab")
+            logf.write(f"$ {repro}\n".encode())
+            logf.flush()
+        except OSError as e:
+            raise error(f"{what}: cannot write its log {log}: {e.strerror}", stage=stage, kind=INFRA,
+                        reproduce=repro) from None
     try:
         proc = subprocess.Popen(
             argv,
@@ -90,10 +137,24 @@ def run(
             logf.close()
         raise error(f"{what}: command not found: {argv[0]} (run `make setup`)", stage=stage, reproduce=repro) from e
     chunks = []
+    track(proc.pid, what)
 
     def failure(message: str) -> HarnessError:
         out = b"".join(chunks).decode("utf-8", "replace")
-        return error(f"{what}: {message}", stage=stage, log=log, tail=None if log else tail_of(out), reproduce=repro)
+        # the machine running out of something is the machine's failure, whatever the tool
+        exhausted = buildlog.exhaustion(tail_of(log, 400) if log else out)
+        if exhausted:
+            message += f" ({exhausted}: the machine's fault, not the input's)"
+        return error(f"{what}: {message}", stage=stage, log=log, tail=None if log else tail_of(out),
+                     reproduce=repro, kind=INFRA if exhausted else None)
+
+    def log_write(data: bytes) -> None:
+        try:
+            logf.write(data)
+        except OSError as e:  # e.g. ENOSPC: the log's file system is full
+            kill_group(proc)
+            raise error(f"{what}: cannot write its log {log}: {e.strerror}", stage=stage, kind=INFRA,
+                        reproduce=repro) from None
 
     try:
         if input is not None:
@@ -104,7 +165,7 @@ def run(
         deadline = time.monotonic() + timeout if timeout else None
         for raw in iter(proc.stdout.readline, b""):
             if logf:
-                logf.write(raw)
+                log_write(raw)
                 if on_line:
                     on_line(raw.decode("utf-8", "replace").rstrip("\n"))
             else:
@@ -119,8 +180,13 @@ def run(
         kill_group(proc)
         raise
     finally:
+        if proc.poll() is not None:
+            untrack(proc.pid)
         if logf:
-            logf.close()
+            try:
+                logf.close()
+            except OSError:
+                pass
     if check and rc != 0:
         raise failure(f"failed with exit code {rc}")
     return subprocess.CompletedProcess(argv, rc, b"".join(chunks).decode("utf-8", "replace"), "")

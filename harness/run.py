@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import analysis, cache, groundtruth, hosttrace, images, kbuild, kernelrefs, profiles, scenarios, sources, workload
+from . import (analysis, cache, errors, groundtruth, hosttrace, images, kbuild, kernelrefs, profiles, scenarios,
+               sources, workload)
 from .config import Config, Scenario
 from .console import scan
 from .deadline import Deadline
@@ -151,7 +152,14 @@ class Stack:
             self.l2.launch(Deadline(L2_LAUNCH_S, "l2-launch"))
             self.l2_ssh = self.l2.ssh(Deadline(L2_SSH_S, "l2-ssh"))
         except HarnessError as e:
-            annotate_l2_failure(e, self.l1.console.text(), self.l1.console_log, " ".join(self.l2.spec.argv()))
+            l2_console = None
+            try:
+                l2_console = self.l2.console_text()
+                (self.run_dir / "l2-console.log").write_text(l2_console)
+            except (HarnessError, OSError):
+                pass  # L1 is gone too: its console says why
+            annotate_l2_failure(e, self.l1.console.text(), self.l1.console_log, " ".join(self.l2.spec.argv()),
+                                l2_console=l2_console, l2_console_log=self.run_dir / "l2-console.log")
             raise
         self.timings["l2_ssh_s"] = round(time.monotonic() - self.l2.launched_at, 2)
         self.timings.update({f"l2_{k}": v for k, v in self.l2.timings.items()})
@@ -193,15 +201,23 @@ class Stack:
             self.l1 = None
 
 
-def annotate_l2_failure(e: HarnessError, l1_console: str, l1_console_log: Path, l2_cmdline: Optional[str]) -> None:
-    """L2 failing to start is often L1's kernel failing under it (a hypervisor that
-    crashes at EL2 on the first KVM_RUN leaves L1 stalled): say what L1's console
-    shows, and attach its tail when the error has none."""
+def annotate_l2_failure(e: HarnessError, l1_console: str, l1_console_log: Path, l2_cmdline: Optional[str],
+                        l2_console: Optional[str] = None, l2_console_log: Optional[Path] = None) -> None:
+    """L2 failing to start: show what L2 itself did (its console), and what L1's console
+    shows (a hypervisor that crashes at EL2 on the first KVM_RUN leaves L1 stalled)."""
     findings = scan(l1_console)
     if findings:
         e.message += "; L1's console: " + " | ".join(f.line for f in findings[:2])
-    if not e.tail:
-        e.tail = "\n".join(l1_console.splitlines()[-60:])
+    l1_tail = "\n".join(l1_console.splitlines()[-20 if l2_console is not None else -60:])
+    if l2_console is not None:
+        lines = [ln for ln in l2_console.replace("\r", "").splitlines() if ln.strip()]
+        e.message += (f"; L2's console ends with: {lines[-1].strip()!r}" if lines
+                      else "; L2's console is empty (it printed nothing, not even its kernel's boot lines)")
+        e.tail = ("--- L2's console (last lines) ---\n" + "\n".join(lines[-40:])
+                  + "\n--- L1's console (last lines) ---\n" + l1_tail)
+        e.log = l2_console_log or e.log
+    elif not e.tail:
+        e.tail = l1_tail
         e.log = e.log or l1_console_log
     if not e.reproduce and l2_cmdline:
         e.reproduce = f"in L1 (ssh -p <l1-ssh port> root@127.0.0.1): {l2_cmdline}"
@@ -273,13 +289,11 @@ def run_scenario(stack: Stack, sc: Scenario, out_dir: Path, progress: Progress =
             raise TraceError(f"{local}: {len(tr)} samples, {sc.calls} requested", stage="trace")
         tr.to_csv(out_dir / f"vcpu{v}.csv")
         s = analysis.summarize_trace(tr)
-        if v in sc.pin and not sc.actions:  # a re-pin or hotplug moves it on purpose: the expectation judges
-            s["pinned_to"] = sc.pin[v]
-            s["pin_respected"] = s["verdict"] == "ok" and set(s["pcpus"]) == {sc.pin[v]}
-        if s["observed_vcpus"] != [v]:
-            s["vcpu_pinning_in_guest_failed"] = True
+        # a re-pin or hotplug moves the vCPU on purpose: there the scenario's expectation judges
+        judge_vcpu(s, v, sc.pin.get(v) if not sc.actions else None, nr)
         rets[str(v)] = list(tr.ret)
         s["ground_truth"] = groundtruth.cross_check(host, threads[v], rets[str(v)], key, t0)
+        judge_ground_truth(s, v)
         per_vcpu[str(v)] = s
     result = {"name": sc.name, "kind": kind, "expectation": scenarios.EXPECTATIONS[kind], "pin": sc.pin,
               "host_load": sc.host_load, "calls": sc.calls, "duration_s": sc.duration_s, "l1_cpus": cfg.l1.cpus,
@@ -321,6 +335,44 @@ def trace_overhead(stack: Stack, tracer: hosttrace.HostTracer, v: int, threads: 
     return {"calls_per_s_tracing_on": round(on, 1), "calls_per_s_tracing_off": round(off, 1),
             "overhead_pct": round(100.0 * (off - on) / off, 2) if off else None, "rounds": rounds,
             "calls_per_round": calls}
+
+
+def judge_vcpu(s: dict, v: int, pinned_to: Optional[int], nr: int) -> dict:
+    """Complete one vCPU's summary: its verdict says what is wrong with that vCPU (a pinned
+    vCPU whose calls report another pCPU is not "ok")."""
+    s["verdict_text"] = analysis.describe(s["verdict"], nr)
+    if pinned_to is not None:
+        s["pinned_to"] = pinned_to
+        s["pin_respected"] = s["verdict"] == "ok" and set(s["pcpus"]) == {pinned_to}
+        if s["verdict"] == "ok" and not s["pin_respected"]:
+            s["verdict"] = "wrong-pcpu"
+            s["verdict_text"] = (f"vCPU {v}'s thread was pinned to pCPU {pinned_to} but its calls reported "
+                                 f"pCPUs {sorted(s['pcpus'])}")
+    if s["observed_vcpus"] != [v]:
+        s["vcpu_pinning_in_guest_failed"] = True
+        if s["verdict"] == "ok":
+            s["verdict"] = "wrong-vcpu"
+            s["verdict_text"] = (f"the workload meant for vCPU {v} ran on vCPUs {s['observed_vcpus']}: "
+                                 "its affinity in L2 did not hold")
+    return s
+
+
+def judge_ground_truth(s: dict, v: int) -> dict:
+    """A vCPU whose values L1 contradicts is not "ok": no one-to-one HVC per call
+    (hvc-mismatch), or values that are not the CPU that handled the HVC (wrong-pcpu)."""
+    gt = s.get("ground_truth") or {}
+    if s["verdict"] != "ok" or not gt:
+        return s
+    if not gt.get("aligned"):
+        s["verdict"] = "hvc-mismatch"
+        s["verdict_text"] = f"vCPU {v}: {gt.get('reason')}"
+    elif gt["agreement"] < AGREEMENT_MIN:
+        d = (gt.get("disagreements") or [{}])[0]
+        s["verdict"] = "wrong-pcpu"
+        s["verdict_text"] = (f"vCPU {v}: only {gt['agreement']:.2%} of its calls returned the CPU that handled the "
+                             f"HVC in L1" + (f" (call {d['call']} returned {d['returned']}, handled on CPU "
+                                             f"{d['handled_on']})" if d else ""))
+    return s
 
 
 def call_rates(stack: Stack, v: int, calls: int, nr: int) -> Dict[str, dict]:
@@ -378,11 +430,9 @@ def overall_verdict(scenarios: List[dict], findings: List[dict]) -> str:
         return "kernel-bug"
     if any(s.get("pin_respected") is False for sc in scenarios for s in sc["per_vcpu"].values()):
         return "wrong-pcpu"
-    gts = [s.get("ground_truth") or {} for sc in scenarios for s in sc["per_vcpu"].values() if s["verdict"] == "ok"]
-    if any(g and not g.get("aligned") for g in gts):
-        return "hvc-mismatch"   # the guest did not issue exactly one hypercall per call
-    if any(g and g.get("agreement") is not None and g["agreement"] < AGREEMENT_MIN for g in gts):
-        return "wrong-pcpu"     # the values disagree with the CPU L1 handled the HVC on
+    for word in ("wrong-pcpu", "wrong-vcpu", "hvc-mismatch"):
+        if word in words:
+            return word
     if words == {"ok"}:
         return "ok"
     return sorted(words - {"ok"})[0] if words - {"ok"} else "ok"
@@ -406,6 +456,23 @@ def select_scenarios(cfg: Config, names: Optional[List[str]] = None) -> List[Sce
         raise ConfigError(f"{cfg.source_file or 'config'}: no scenario named {unknown[0]!r} "
                           f"(this config has: {', '.join(have) or 'none'})")
     return [have[n] for n in names]
+
+
+def _stage_of(summary: dict) -> str:
+    """Where main_job was when an unexpected exception struck (from what it wrote so far)."""
+    if "scenarios" in summary or "timings" in summary:
+        return "scenarios"
+    return "boot" if "builds" in summary else "prepare"
+
+
+def _blame_machine_for_known_good_inputs(e: HarnessError, cfg: Config) -> None:
+    """Debian's pristine tree with the reference patches (or none) is known to work: if it
+    fails as if the kernel were at fault, the machine or the harness is."""
+    known_good = cfg.kernel.source == "debian" and {cfg.patches.host, cfg.patches.guest} <= {"reference", "none"}
+    if known_good and e.kind == errors.SUBJECT:
+        e.kind = errors.INFRA
+        e.message += (" [Debian's pristine tree with the reference patches is known to work here, so the machine, "
+                      "the harness or the run's settings (e.g. l1.append) are at fault]")
 
 
 def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = print,
@@ -461,9 +528,15 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
             summary["verdict_text"] = ("L1's trace does not show exactly one hypercall with the expected function ID "
                                        "per call (see ground_truth per vCPU)")
     except HarnessError as e:
+        _blame_machine_for_known_good_inputs(e, cfg)
         summary["verdict"] = "error"
         summary["error"] = e.to_dict()
         raise
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen library failure: exit 3, one line
+        err = errors.unexpected(exc, run_dir / "logs" / "traceback.log", stage=_stage_of(summary))
+        summary["verdict"] = "error"
+        summary["error"] = err.to_dict()
+        raise err from exc
     finally:
         summary["seconds"] = round(time.monotonic() - t_start, 1)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

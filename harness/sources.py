@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Tuple
 
-from . import cache, procs
+from . import cache, procs, resources
 from .config import Config, KernelConfig
 from .errors import SourceError
 from .profiles import tree_version
@@ -76,14 +76,16 @@ def _walk(tree: Path):
 
 
 def _stat_fingerprint(tree: Path) -> str:
-    """Cheap change detector for a non-git tree: every file's path, size and mtime."""
+    """Cheap change detector for a non-git tree: every file's path, size, mtime, inode and
+    ctime.  mtime can be set back by anyone (touch -d, tar, rsync -t); ctime cannot: any
+    write, chmod or rename sets it to now (git's "racy" check relies on the same)."""
     h = hashlib.sha256(str(tree).encode())
     for rel, p in _walk(tree):
         try:
             st = os.lstat(p)
         except OSError:
             continue
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\0{st.st_mode}\n".encode())
     return h.hexdigest()
 
 
@@ -148,6 +150,7 @@ def _from_tarball(tarball: Path, log_dir: Path, progress: Progress) -> SourceTre
     identity = _tarball_identity(tarball)
     entry = cache.Entry("sources", cache.key_of(identity=identity))
     if not entry.ready():
+        resources.require_disk(entry.base, resources.SOURCE_TREE_MB, f"extracting {tarball.name}")
         progress(f"extracting {tarball.name} (once; about 30 s)")
 
     def extract(tmp: Path) -> None:
@@ -185,6 +188,7 @@ def _from_path(path: Path, log_dir: Path, progress: Progress) -> SourceTree:
         identity = _tree_identity(path, progress)
     entry = cache.Entry("sources", cache.key_of(identity=identity))
     if not entry.ready():
+        resources.require_disk(entry.base, resources.SOURCE_TREE_MB, f"copying {path}")
         progress(f"copying {path} into the cache (the tree itself is never modified)")
 
     def copy(tmp: Path) -> None:

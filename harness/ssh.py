@@ -108,20 +108,32 @@ class Session:
         """Start argv without waiting; read it later with ``finish``."""
         cmd = shlex.join(str(a) for a in argv)
         self._record(f"[{self.name}]$ {cmd} &\n")
-        chan = self.client.get_transport().open_session()
-        chan.exec_command(cmd)
+        try:
+            chan = self.client.get_transport().open_session()
+            chan.exec_command(cmd)
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            raise InfraError(f"{self.name}: SSH failed while starting `{cmd}`: {type(e).__name__} {e}",
+                             stage="guest-command") from None
         return chan
 
     def finish(self, chan: paramiko.Channel, argv: Sequence, timeout: float, stage: str = "guest-command") -> Result:
         end = time.monotonic() + timeout
         out, err = [], []
         while True:
-            while chan.recv_ready():
-                out.append(chan.recv(65536))
-            while chan.recv_stderr_ready():
-                err.append(chan.recv_stderr(65536))
+            try:
+                while chan.recv_ready():
+                    out.append(chan.recv(65536))
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(65536))
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise InfraError(f"{self.name}: the SSH connection failed while `{shlex.join(map(str, argv))}` "
+                                 f"ran: {type(e).__name__} {e}", stage=stage) from None
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
+            transport = self.client.get_transport()
+            if chan.closed or transport is None or not transport.is_active():
+                raise InfraError(f"{self.name}: the SSH connection was lost while `{shlex.join(map(str, argv))}` "
+                                 "ran (the guest, its SSH server or QEMU went away)", stage=stage)
             if time.monotonic() > end:
                 chan.close()
                 raise StageTimeout(f"{self.name}: `{shlex.join(map(str, argv))}` did not finish within "

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import List, Optional
 
-from . import cache, hostarch, procs
+from . import buildlog, cache, hostarch, procs
 from .errors import INFRA, INPUT, WorkloadError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,8 +36,17 @@ def build_workload(log_dir: Path, source: Path = SOURCE) -> Path:
     def build(d: Path) -> None:
         log = Path(log_dir) / "workload-build.log"
         out = d / "hostcpuid-trace"
-        procs.run([CC, *CFLAGS, "-o", out, source], stage=stage, log=log, error=WorkloadError, timeout=300,
-                  what=CC)
+        try:
+            procs.run([CC, *CFLAGS, "-o", out, source], stage=stage, log=log, error=WorkloadError, timeout=300,
+                      what=CC)
+        except WorkloadError as e:
+            # the harness's own program: its failing to build is the harness's (or the machine's) fault
+            found = buildlog.first_error(log.read_text(errors="replace") if log.exists() else e.tail)
+            if found:
+                e.message = f"the harness's workload does not build: {found.headline()}"
+                e.tail = found.context
+            e.kind = INFRA
+            raise
         (d / "build.log").write_bytes(log.read_bytes())
 
     return cache.Entry("workload", key).ensure(build) / "hostcpuid-trace"

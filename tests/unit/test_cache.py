@@ -139,11 +139,42 @@ def test_failed_builder_leaves_no_entry_and_keeps_failed_dir(cache_dir):
     e2 = cache.Entry("kernels", "k2")
     for msg in ("first", "second"):
         def bad2(tmp, msg=msg):
-            (tmp / msg).write_text(msg)
+            (tmp / f"{msg}.log").write_text(msg)
             raise ValueError(msg)
         with pytest.raises(ValueError):
             e2.ensure(bad2)
-    assert sorted(p.name for p in (cache_dir / "kernels" / "k2.failed").iterdir()) == ["second"]
+    assert sorted(p.name for p in (cache_dir / "kernels" / "k2.failed").iterdir()) == ["second.log"]
+
+
+def test_failed_attempt_keeps_its_logs_and_nothing_else(cache_dir):
+    """A half-extracted tree must not keep the disk full: only logs and metadata stay."""
+    def bad(tmp: Path) -> None:
+        (tmp / "linux" / "drivers").mkdir(parents=True)
+        (tmp / "linux" / "drivers" / "big.c").write_bytes(b"x" * 100_000)
+        (tmp / "Image").write_bytes(b"y" * 50_000)
+        (tmp / "meta.json").write_text("{}")
+        (tmp / "build.log").write_text("tar: Cannot write: No space left on device\n")
+        raise OSError(28, "No space left on device")
+
+    e = cache.Entry("sources", "s")
+    with pytest.raises(OSError):
+        e.ensure(bad)
+    failed = cache_dir / "sources" / "s.failed"
+    assert sorted(p.name for p in failed.iterdir()) == ["build.log", "meta.json"]
+    assert not list((cache_dir / "sources").glob("s.tmp-*"))
+
+
+def test_a_killed_builds_tmp_dir_is_swept_by_the_next_build(cache_dir):
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = cache_dir / "kernels" / f"old.tmp-{dead.pid}"
+    (stale / "linux").mkdir(parents=True)
+    live = cache_dir / "kernels" / f"other.tmp-{os.getpid()}"
+    live.mkdir()
+    cache.Entry("kernels", "new").ensure(lambda tmp: None)
+    assert not stale.exists()
+    assert live.exists()  # our own pid: alive
 
 
 def test_keyboard_interrupt_in_builder_leaves_no_entry():

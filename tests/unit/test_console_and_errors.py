@@ -1,5 +1,6 @@
 """harness/console.py (crash signatures, Console on a real local process) and
 harness/errors.py (rendering, tails)."""
+import threading
 import time
 
 import pytest
@@ -73,7 +74,19 @@ def test_nvhe_hyp_panic_sequence_is_fatal():
     text = ("[  6.0] kvm [1]: nVHE hyp panic at: [<ffff800008abc000>] __kvm_nvhe_foo+0x0/0x4!\n"
             "[  6.0] Kernel panic - not syncing: HYP panic:\n"
             "[  6.0] PS:600003c9 PC:0000000000000000 ESR:0000000000000000\n")
-    assert any(f.fatal for f in scan(text))
+    found = scan(text)
+    assert [(f.signature, f.fatal) for f in found] == [("hyp-panic", True), ("hyp-panic", True)]
+    assert "nVHE hyp panic at" in found[0].line
+
+
+@pytest.mark.parametrize("line", [
+    "[  6.0] kvm [1]: nVHE hyp panic at: [<ffff800008abc000>] __kvm_nvhe_foo+0x0/0x4!",
+    "[  6.0] kvm [1]: nVHE hyp BUG at: arch/arm64/kvm/hyp/nvhe/switch.c:300!",
+    "[  6.0] kvm [1]: Hyp Offset: 0xfffecc0000000000",
+])
+def test_hyp_panic_signature_alone(line):
+    got = [(f.signature, f.fatal) for f in scan(line)]
+    assert got == ([] if "Hyp Offset" in line else [("hyp-panic", True)])
 
 
 def test_one_finding_per_line_in_order():
@@ -87,7 +100,8 @@ def test_render_contains_stage_kind_tail_and_reproducer(tmp_path):
     e = BuildError("host kernel does not build", tail="line one\nline two", log=tmp_path / "build.log",
                    reproduce=["make", "-C", "/src dir", "Image"])
     text = e.render()
-    assert text.splitlines()[0] == "FAILED at stage 'kernel-build' (subject): host kernel does not build"
+    assert text.splitlines()[0] == ("FAILED at stage 'kernel-build' (the kernel/patch under test): "
+                                    "host kernel does not build")
     assert f"log: {tmp_path / 'build.log'}" in text
     assert "  | line one\n  | line two" in text
     assert "reproduce: make -C '/src dir' Image" in text
@@ -104,6 +118,44 @@ def test_stage_and_kind_overrides_and_defaults():
     assert isinstance(StageTimeout("t"), HarnessError) and StageTimeout("t").stage == "timeout"
     plain = HarnessError("bare").render()
     assert "reproduce" not in plain and "last lines" not in plain and "log:" not in plain
+
+
+@pytest.mark.parametrize("cls,kind,words,code", [
+    (errors.BuildError, "subject", "the kernel/patch under test", 1),
+    (errors.BootError, "subject", "the kernel/patch under test", 1),
+    (errors.KernelBugError, "subject", "the kernel/patch under test", 1),
+    (errors.ConfigError, "input", "your input", 2),
+    (errors.PatchError, "input", "your input", 2),
+    (errors.SourceError, "input", "your input", 2),
+    # the harness's own steps: an SSH timeout, taskset in L1, the workload's build, a short trace
+    (errors.StageTimeout, "infra", "the machine or harness", 3),
+    (errors.GuestCommandError, "infra", "the machine or harness", 3),
+    (errors.WorkloadError, "infra", "the machine or harness", 3),
+    (errors.TraceError, "infra", "the machine or harness", 3),
+    (errors.InfraError, "infra", "the machine or harness", 3),
+    (errors.ImageError, "infra", "the machine or harness", 3),
+])
+def test_default_kinds_say_whose_fault_in_words(cls, kind, words, code):
+    e = cls("m")
+    assert (e.kind, e.whose_fault, errors.exit_code(e.kind)) == (kind, words, code)
+    assert f"({words}): m" in e.render().splitlines()[0]
+    assert e.to_dict()["whose_fault"] == words
+
+
+def test_unexpected_exception_is_one_line_with_the_traceback_in_a_log(tmp_path):
+    def inner():
+        raise ValueError("invalid literal for int() with base 10: 'garbage'")
+
+    try:
+        inner()
+    except ValueError as exc:
+        e = errors.unexpected(exc, tmp_path / "logs" / "traceback.log", stage="l2-launch")
+    assert (e.kind, e.stage) == ("infra", "l2-launch")
+    assert "\n" not in e.message and "unexpected ValueError: invalid literal" in e.message
+    assert "test_console_and_errors.py:" in e.message  # where it happened
+    tb = (tmp_path / "logs" / "traceback.log").read_text()
+    assert tb.startswith("Traceback") and "in inner" in tb
+    assert e.log == tmp_path / "logs" / "traceback.log"
 
 
 def test_tail_read_from_log_when_not_given(tmp_path):
@@ -198,17 +250,34 @@ def test_wait_for_finds_marker_and_close_leaves_no_process(consoles, tmp_path):
     assert not c._thread.is_alive()
 
 
+def _send_when(c: Console, ready, data: str = "go\n") -> threading.Thread:
+    """Send ``data`` to the console's process once ``ready()`` holds (polled on the console's
+    own condition): the script waits on `read`, so the order is an event, not a sleep."""
+    def run():
+        with c._cond:
+            c._cond.wait_for(ready, timeout=10)
+        c.send(data)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
 def test_wait_for_respects_start_offset(consoles):
-    c = consoles("echo MARK one; sleep 0.05; echo MARK two; sleep 30")
+    c = consoles("echo MARK one; read go; echo MARK two; sleep 30")
     c.wait_for("MARK one", Deadline(5, "s"), "first")
     start = c.mark()
+    assert "MARK two" not in c.text()  # the script is blocked until we say go
+    c.send("go\n")
     m = c.wait_for(r"MARK \w+", Deadline(5, "s"), "second", start=start)
     assert m.group(0) == "MARK two" and m.start() >= start
 
 
 def test_panic_stops_the_wait_quickly(consoles):
-    c = consoles("echo booting; echo 'Kernel panic - not syncing: x'; sleep 0.1; "
+    """A fatal line stops the wait; the lines printed after it (the rest of the oops) are
+    still captured: the script prints them only once the panic line has been seen."""
+    c = consoles("echo booting; echo 'Kernel panic - not syncing: x'; read go; "
                  "echo 'CPU: 0 PID: 1 Comm: init'; sleep 30")
+    _send_when(c, lambda: any(f.fatal for f in c.findings))
     t0 = time.monotonic()
     with pytest.raises(BootError) as ei:
         c.wait_for("HARNESS-READY", Deadline(20, "l1-boot"), "the ready marker")
@@ -216,12 +285,14 @@ def test_panic_stops_the_wait_quickly(consoles):
     e = ei.value
     assert e.stage == "l1-boot" and "crashed (panic" in e.message and "not syncing: x" in e.message
     assert "Kernel panic - not syncing: x" in e.tail
+    assert "CPU: 0 PID: 1 Comm: init" in e.tail, "the rest of the oops was not waited for"
     assert [f.signature for f in c.findings] == ["panic"]
 
 
 def test_non_fatal_bug_does_not_stop_the_wait(consoles):
     c = consoles("echo 'BUG: using smp_processor_id() in preemptible [00000000] code: CPU 0/KVM/123'; "
-                 "sleep 0.1; echo HARNESS-READY l1; sleep 30")
+                 "read go; echo HARNESS-READY l1; sleep 30")
+    _send_when(c, lambda: bool(c.findings))  # READY only after the BUG line was scanned
     assert c.wait_for("HARNESS-READY l1", Deadline(5, "l1-boot"), "marker")
     assert [(f.signature, f.fatal) for f in c.findings] == [("bug", False)]
 
@@ -244,6 +315,7 @@ def test_timeout_raises_stage_timeout(consoles):
     took = time.monotonic() - t0
     assert 0.14 <= took < 1.5
     assert ei.value.stage == "l1-boot" and "no the ready marker" in ei.value.message
+    assert ei.value.kind == "subject"  # the kernel under test showed no progress
     assert "still booting" in ei.value.tail
     assert c.alive()  # a timeout does not kill: close() does
 
@@ -254,11 +326,15 @@ def test_abort_callback(consoles):
         c.wait_for("never", Deadline(5, "l2-ssh"), "x", abort=lambda: "QEMU went away")
 
 
-def test_deadline_parent_bounds_child():
+def test_deadline_parent_bounds_child(monkeypatch):
+    from harness import deadline as deadline_mod
+    now = [1000.0]
+    monkeypatch.setattr(deadline_mod.time, "monotonic", lambda: now[0])
     parent = Deadline(0.05, "job")
     child = parent.child(100, "stage")
-    assert child.remaining() <= 0.05 and child.end == parent.end
-    time.sleep(0.06)
-    assert child.expired()
+    assert child.remaining() == pytest.approx(0.05) and child.end == parent.end
+    assert not child.expired()
+    now[0] += 0.06  # the clock moves: no sleep
+    assert child.expired() and child.remaining() == 0
     with pytest.raises(StageTimeout, match="stage: waiting"):
         child.check("waiting")

@@ -52,8 +52,12 @@ def test_missing_symbols():
 def test_repo_common_fragment_parses():
     syms = kbuild.requested_symbols(profiles.COMMON_FRAGMENT.read_text())
     assert syms.get("CONFIG_PRINTK") == "y" and len(syms) > 10
-    # satisfied by a .config that is exactly the fragment
-    assert kbuild.missing_symbols(syms, profiles.COMMON_FRAGMENT.read_text()) == []
+    # a final .config that lost one request (kconfig dropped a symbol whose dependency is
+    # missing) is caught, naming exactly that symbol
+    dropped = "CONFIG_PRINTK"
+    final = "\n".join(f"{k}={v}" if v != "n" else f"# {k} is not set" for k, v in syms.items() if k != dropped)
+    assert kbuild.missing_symbols(syms, final) == [f"{dropped}=y (final: absent)"]
+    assert kbuild.missing_symbols(syms, final + f"\n{dropped}=y\n") == []
 
 
 # -- the fake kernel tree ------------------------------------------------------------------
@@ -351,7 +355,8 @@ def test_failing_make_image_reports_log_tail(env):
     e = ei.value
     assert e.stage == "kernel-build (guest)"
     assert e.message.startswith("guest kernel (broken.patch) does not build")
-    assert "error: the build is broken on purpose" in e.message
+    assert e.message.endswith("does not build: drivers/broken.c:1: compiler: the build is broken on purpose")
+    assert e.kind == "subject"
     assert "error: the build is broken on purpose" in e.tail
     assert "failed with exit code" not in e.tail and "make" in (e.reproduce or "")
     assert e.log == env.logs / "kbuild-guest.log"
@@ -363,3 +368,17 @@ def test_failing_make_image_reports_log_tail(env):
     assert "kernel-build (guest)" in rendered and "| drivers/broken.c:1:1: error" in rendered
     # after the failure, an unpatched build is pristine again
     assert image_of(b.build("guest", None, env.logs)) == PRISTINE_IMAGE
+
+
+def test_truncated_cached_image_is_rebuilt_not_booted(env):
+    b = env.builder()
+    first = b.build("host", PATCH_A, env.logs)
+    assert first.meta["image_bytes"] == first.image.stat().st_size
+    with open(first.image, "r+b") as f:
+        f.truncate(3)
+    messages = len(env.messages)
+    again = b.build("host", PATCH_A, env.logs)
+    assert not again.cached
+    assert any("damaged (Image has 3 bytes" in m for m in env.messages[messages:])
+    assert "kvm PATCH-A" in image_of(again)
+    assert again.image.stat().st_size == first.meta["image_bytes"]

@@ -128,14 +128,25 @@ def test_plain_tree_is_named_by_content_not_place_or_time(tmp_path):
 
 
 def test_plain_tree_content_change_with_same_size_and_mtime_is_seen(tmp_path):
+    """An edit that keeps size and mtime (an editor or tool that restores the timestamp)
+    must give a new identity AND a cached copy with the new bytes, through resolve()."""
     tree = make_tree(tmp_path, as_git=False)
     psci = tree / "virt/kvm/arm/psci.c"
     first = resolve_path(tree, tmp_path)
+    assert (first.root / "virt/kvm/arm/psci.c").read_text() == "int x;\n"
     st = psci.stat()
     psci.write_text("int y;\n")  # same size
     os.utime(psci, ns=(st.st_atime_ns, st.st_mtime_ns))
-    # the stat fingerprint cannot see this; the directory's content digest must differ
-    assert sources.content_digest(tree) != first.identity.split(":", 1)[1]
+    assert (psci.stat().st_size, psci.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    second = resolve_path(tree, tmp_path)
+    assert second.identity != first.identity
+    assert second.identity == "content:" + sources.content_digest(tree)
+    assert (second.root / "virt/kvm/arm/psci.c").read_text() == "int y;\n"
+    # and an untouched tree is not hashed again: same identity, no "hashing" message
+    said = []
+    cfg = config.from_dict({"kernel": {"source": "path", "path": str(tree)}})
+    assert sources.resolve(cfg, tmp_path / "logs", progress=said.append).identity == second.identity
+    assert not any("hashing" in m for m in said), said
 
 
 def test_plain_tree_mode_change_changes_the_digest(tmp_path):

@@ -73,3 +73,19 @@ def test_source_uses_raw_svc_not_glibc_syscall():
     assert "svc #0" in src
     import re
     assert not re.search(r"(?<![_\w])syscall\(\s*\w", src)  # no glibc syscall(nr, ...) calls
+
+
+def test_workload_that_does_not_build_names_its_first_error(tmp_path, monkeypatch):
+    import shutil
+    from harness import workload
+    if shutil.which(workload.CC) is None:
+        pytest.skip(f"missing {workload.CC} (run `make setup`)")
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "broken.c"
+    src.write_text("int main(void)\n{\n\treturn not_declared;\n}\n")
+    with pytest.raises(workload.WorkloadError) as ei:
+        workload.build_workload(tmp_path / "logs", source=src)
+    e = ei.value
+    assert e.kind == "infra" and e.stage == "workload-build"
+    assert e.message == (f"the harness's workload does not build: {src}:3: compiler: "
+                         "'not_declared' undeclared (first use in this function)")

@@ -1,0 +1,39 @@
+"""A guest patch whose C does not compile: the run fails at the guest build, and its first
+line names the file, the tool and the compiler's message (not make's last words)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import run as run_mod
+from harness.config import override
+from harness.errors import BuildError
+
+from .helpers import require_stack_tools
+
+pytestmark = pytest.mark.e2e
+
+GOOD = "\treturn res.a0;\n"
+BAD = "\treturn res.a0 + host_cpuid_undeclared;\n"
+
+
+def test_patch_whose_c_does_not_compile_names_file_and_error(harness_config, artefacts, e2e_runs, tmp_path):
+    reference = artefacts.profile.reference_vm_patch.read_text()
+    if reference.count(GOOD) != 1:
+        pytest.skip(f"the {artefacts.profile.name} reference vm.patch has no single {GOOD.strip()!r} line to break")
+    bad = tmp_path / "vm-does-not-compile.patch"
+    bad.write_text(reference.replace(GOOD, BAD))
+    cfg = override(harness_config, [f"patches.guest='{bad}'", "scenarios=[]"])
+    run_dir = run_mod.new_run_dir(cfg, "bad-c")
+    with pytest.raises(BuildError) as ei:
+        run_mod.main_job(cfg, run_dir)
+    e = ei.value
+    assert e.stage == "kernel-build (guest)" and e.kind == "subject"
+    first = e.render().splitlines()[0]
+    assert first.startswith("FAILED at stage 'kernel-build (guest)' (the kernel/patch under test): guest kernel (")
+    assert ("vm-does-not-compile.patch) does not build: arch/arm64/kernel/host_cpuid.c:21: compiler: "
+            "'host_cpuid_undeclared' undeclared (first use in this function)") in first
+    assert "host_cpuid_undeclared" in e.tail and "sub-make" not in e.tail
+    assert json.loads((run_dir / "summary.json").read_text())["error"]["whose_fault"] == \
+        "the kernel/patch under test"

@@ -94,8 +94,10 @@ def human_summary(summary: dict) -> str:
                 lines.append(f"    L1: {ground_truth_line(gt)}")
         for name, value in sc.get("compare", {}).items():
             lines.append(f"  {name}: {value}")
-        for name, value in (sc.get("trace_overhead") or {}).items():
-            lines.append(f"  tracing {name}: {value}")
+        to = sc.get("trace_overhead") or {}
+        if to:
+            lines.append(f"  L1 tracing overhead: {to['overhead_pct']} % (host_cpuid calls/s {to['calls_per_s_tracing_on']} "
+                         f"traced, {to['calls_per_s_tracing_off']} not; medians of {to['rounds']} alternated rounds)")
         if sc.get("verdict"):
             lines.append(f"  expectation {sc['verdict']}: {sc.get('reason')}")
     return "\n".join(lines)
@@ -106,6 +108,9 @@ def ground_truth_line(gt: dict) -> str:
     if not gt.get("aligned"):
         return gt.get("reason", "no ground truth")
     text = f"{gt['hvc_events']} HVCs for {gt['samples']} calls, agreement {gt['agreement']:.2%}"
+    if gt["agreement"] < 1:
+        text += (f" ({gt.get('disagreements_explained')} disagreements explained: L1 moved the thread between "
+                 "the HVC and the read of vcpu->cpu)")
     if gt.get("changes"):
         text += f", changes explained {gt['changes_explained']}/{gt['changes']}"
     else:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness import experiment, report
 from harness import run as run_mod
@@ -29,7 +30,7 @@ def _experiment_config(harness_config) -> config_mod.Config:
     """The experiment scenarios on the kernel and patches the e2e run is configured with."""
     exp = config_mod.load(experiment.DEFAULT_EXPERIMENT)
     scenarios = [dataclasses.asdict(s) for s in exp.scenarios]
-    return config_mod.override(harness_config, [f"scenarios={json.dumps(scenarios)}"])
+    return config_mod.override(harness_config, [f"scenarios={yaml.safe_dump(scenarios)}"])
 
 
 @pytest.fixture(scope="module")

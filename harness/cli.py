@@ -71,7 +71,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from . import experiment, report
+    from . import experiment
 
     if not args.config:
         args.config = str(experiment.DEFAULT_EXPERIMENT)

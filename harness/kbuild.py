@@ -300,9 +300,9 @@ class Builder:
             for obj in buildlog.failed_objects(text)[:1]:
                 retry_log = log.with_name("retry-j1.log")
                 try:
-                    procs.run(self.make_argv(obj, jobs=1), stage=e.stage, log=retry_log, env=self.make_env(),
-                              error=BuildError, what=f"make -j1 {obj}", timeout=600)
-                except HarnessError as retry:
+                    procs.run(self.confined(self.make_argv(obj, jobs=1)), stage=e.stage, log=retry_log,
+                              env=self.make_env(), error=BuildError, what=f"make -j1 {obj}", timeout=600)
+                except HarnessError:
                     rtext = retry_log.read_text(errors="replace") if retry_log.exists() else ""
                     exhausted = buildlog.exhaustion(rtext)
                     found = buildlog.first_error(rtext, exists)

@@ -8,7 +8,6 @@ cleanup, in the spirit of QEMU's python/qemu/machine:
 """
 from __future__ import annotations
 
-import os
 import socket
 import time
 from dataclasses import dataclass, field

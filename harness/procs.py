@@ -40,6 +40,22 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+def processes_mentioning(text: str) -> Dict[int, str]:
+    """Live processes (not this one) whose command line contains ``text``: pid -> command
+    line.  Tests and the soak benchmark use it to prove nothing was left running."""
+    found = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path("/proc", pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found[int(pid)] = cmd
+    return found
+
+
 def survivors(grace: float = 5.0) -> Dict[int, str]:
     """Children started by this process that are still running after ``grace`` seconds
     (SIGKILLed, process group included, once the grace is over).  Returns those that

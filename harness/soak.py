@@ -23,21 +23,13 @@ import time
 from pathlib import Path
 from typing import List
 
+from . import procs
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _processes_mentioning(text: str) -> List[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmd = Path("/proc", pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd and "qemu" in cmd:
-            out.append(int(pid))
-    return out
+    return [pid for pid, cmd in procs.processes_mentioning(text).items() if "qemu" in cmd]
 
 
 def soak(n: int, kill_fraction: float, calls: int, seed: int, base: Path) -> dict:

@@ -5,7 +5,6 @@ Exit status: 0 graded (whatever the grades), 2 bad input (rubric, config, argume
 3 the machine cannot grade (preflight or infrastructure failure: nobody graded as failing)."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 

@@ -172,7 +172,7 @@ def render(run_dir: Path) -> Path:
         plot_dir / "summary-changes.png")
 
     k = exp.get("kernel") or {}
-    head = [f"# host_cpuid: does the physical CPU change, and why?", "",
+    head = ["# host_cpuid: does the physical CPU change, and why?", "",
             f"Kernel: Linux {k.get('version')} ({k.get('origin')}), profile {exp.get('profile')}, host_cpuid = "
             f"syscall {exp.get('syscall_nr')}, function ID {exp.get('hvc_func_id')}; host patch: "
             f"{(exp.get('patches') or {}).get('host')}; guest patch: {(exp.get('patches') or {}).get('guest')}; "

@@ -1,14 +1,13 @@
 """Helpers shared by the end-to-end tests."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import List
 
 import pytest
 
-from harness import hostarch
+from harness import hostarch, procs
 
 
 def require_stack_tools() -> None:
@@ -21,15 +20,4 @@ def require_stack_tools() -> None:
 
 def processes_mentioning(text: str) -> List[str]:
     """Command lines of live processes whose argv contains ``text``."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            raw = Path("/proc", pid, "cmdline").read_bytes()
-        except OSError:
-            continue
-        cmd = raw.replace(b"\0", b" ").decode(errors="replace")
-        if text in cmd:
-            found.append(f"{pid}: {cmd[:200]}")
-    return found
+    return [f"{pid}: {cmd[:200]}" for pid, cmd in procs.processes_mentioning(text).items()]

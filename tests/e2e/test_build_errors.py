@@ -14,6 +14,11 @@ from .helpers import require_stack_tools
 
 pytestmark = pytest.mark.e2e
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools():
+    require_stack_tools()
+
 GOOD = "\treturn res.a0;\n"
 BAD = "\treturn res.a0 + host_cpuid_undeclared;\n"
 

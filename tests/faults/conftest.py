@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import List, Optional
 
 import pytest
 
-from harness import cache
+from harness import cache, procs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,17 +113,8 @@ def in_overlay(upper: Tmpfs, argv: List[str], before: str = "") -> List[str]:
 
 
 def processes_mentioning(text: str) -> List[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmd = Path("/proc", pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd:
-            found.append(f"{pid}: {cmd[:160]}")
-    return found
+    """Command lines of live processes whose argv contains ``text``."""
+    return [f"{pid}: {cmd[:200]}" for pid, cmd in procs.processes_mentioning(text).items()]
 
 
 def no_process_left(text: str, grace: float = 10.0) -> List[str]:

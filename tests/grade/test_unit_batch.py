@@ -2,7 +2,6 @@
 every bad zip gets a row, outputs exist, resume keeps finished work, shards partition."""
 import csv
 import json
-import shutil
 
 import pytest
 

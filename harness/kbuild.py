@@ -294,6 +294,9 @@ class Builder:
             text = e.tail or ""
         src = self.work / "src"
         exists = lambda rel: (src / rel).exists()  # noqa: E731
+        # out-of-tree builds name sources by absolute path: say them as the tree does
+        tree_relative = lambda t: t.replace(f"{src}/", "")  # noqa: E731
+        text = tree_relative(text)
         exhausted = buildlog.exhaustion(text) or buildlog.exhaustion(e.message)  # the log itself may be unwritable
         found = None
         if not exhausted:
@@ -303,7 +306,7 @@ class Builder:
                     procs.run(self.confined(self.make_argv(obj, jobs=1)), stage=e.stage, log=retry_log,
                               env=self.make_env(), error=BuildError, what=f"make -j1 {obj}", timeout=600)
                 except HarnessError:
-                    rtext = retry_log.read_text(errors="replace") if retry_log.exists() else ""
+                    rtext = tree_relative(retry_log.read_text(errors="replace")) if retry_log.exists() else ""
                     exhausted = buildlog.exhaustion(rtext)
                     found = buildlog.first_error(rtext, exists)
                     if found:

@@ -69,7 +69,8 @@ SUBLEVEL = 99
 EXTRAVERSION =
 
 # A stand-in for kbuild: every .c file is "compiled" to $(O)/obj/%.o (a copy, printing
-# "  CC" like kbuild), and Image is the concatenation of the objects.
+# "  CC" like kbuild), and Image is the concatenation of the objects.  Errors name the
+# source by its absolute path, as an out-of-tree (O=) kbuild does.
 SRCS := $(sort $(wildcard *.c */*.c))
 OBJS := $(patsubst %.c,$(O)/obj/%.o,$(SRCS))
 IMAGE := $(O)/arch/$(ARCH)/boot/Image
@@ -85,7 +86,7 @@ Image: $(IMAGE)
 $(IMAGE): $(OBJS) FORCE
 \t@mkdir -p $(dir $@) && echo link >> $(O)/link-count && \\
 \t  if grep -l BREAK_THE_BUILD $(OBJS); then \\
-\t    echo "drivers/broken.c:1:1: error: the build is broken on purpose"; exit 1; fi && \\
+\t    echo "$(CURDIR)/drivers/broken.c:1:1: error: the build is broken on purpose"; exit 1; fi && \\
 \t  cat $(OBJS) > $@ && echo "  LD      $@"
 
 $(O)/obj/%.o: %.c

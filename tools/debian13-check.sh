@@ -11,6 +11,9 @@
 # (default http://deb.debian.org/debian), REF (the commit to clone, default HEAD), REUSE_ROOT=0
 # to rebuild the root.  Needs root (mmdebstrap --mode=root, bind mounts, chroot), the
 # mmdebstrap package and network to the Debian mirror and PyPI.
+# A site whose TLS to PyPI is intercepted sets PIP_CERT (a CA bundle on this machine): it is
+# copied into the root and passed to pip there, and so are http(s)_proxy/no_proxy/PIP_INDEX_URL;
+# nothing else of this machine's environment goes in.
 # Times of every step go to $ROOT/../trixie-check.times (one "step seconds status" a line).
 set -eu
 
@@ -40,6 +43,18 @@ cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"   # no daemons started by apt
 chmod 755 "$ROOT/usr/sbin/policy-rc.d"
 
+# the site's network settings, if any (see above)
+passenv=""
+for var in http_proxy https_proxy no_proxy PIP_INDEX_URL; do
+    eval "val=\${$var:-}"
+    [ -z "$val" ] || passenv="$passenv $var=$val"
+done
+if [ -n "${PIP_CERT:-}" ]; then
+    [ -r "$PIP_CERT" ] || die "PIP_CERT=$PIP_CERT is not readable"
+    cp "$PIP_CERT" "$ROOT/etc/ssl/certs/site-ca-bundle.crt"
+    passenv="$passenv PIP_CERT=/etc/ssl/certs/site-ca-bundle.crt"
+fi
+
 # 2. a fresh clone of this repository (committed state only, as a user's clone would be)
 rm -rf "$ROOT$CLONE"
 mkdir -p "$(dirname "$ROOT$CLONE")"
@@ -58,14 +73,14 @@ for step in $STEPS; do
     esac
     t0=$(date +%s)
     status=ok
-    unshare --mount --propagation private /bin/sh -eu -c '
+    PASSENV=$passenv unshare --mount --propagation private /bin/sh -eu -c '
         root=$1; shift
         mount --rbind /dev "$root/dev"
         mount -t proc proc "$root/proc"
         mount --rbind /sys "$root/sys"
         mount -t tmpfs tmpfs "$root/tmp"
         exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-            LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive "$@"
+            LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive $PASSENV "$@"
     ' sh "$ROOT" make -C "$CLONE" "$target" || status="failed($?)"
     echo "make-$target $(( $(date +%s) - t0 )) $status" | tee -a "$TIMES"
     [ "$status" = ok ] || die "make $target failed inside the trixie root (times in $TIMES)"

@@ -26,7 +26,7 @@ TIMES=$(dirname "$ROOT")/trixie-check.times
 CLONE=/work/kvm-hypercall-harness
 
 die() { echo "debian13-check: $*" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || die "needs root (mmdebstrap --mode=root, mounts, chroot): run it with sudo"
+[ "$(id -u)" = 0 ] || die "needs root (mmdebstrap --mode=root, mounts, pivot_root): run it with sudo"
 command -v mmdebstrap >/dev/null || die "mmdebstrap not found: apt-get install mmdebstrap"
 [ -c /dev/kvm ] || echo "debian13-check: note: no /dev/kvm on this machine (L0 then runs TCG anyway)" >&2
 
@@ -73,14 +73,20 @@ for step in $STEPS; do
     esac
     t0=$(date +%s)
     status=ok
+    # pivot_root, not chroot: the kernel refuses new user namespaces to a chrooted process,
+    # and bubblewrap (the harness's sandbox) needs them; the old root is detached at once.
     PASSENV=$passenv unshare --mount --propagation private /bin/sh -eu -c '
         root=$1; shift
+        mount --bind "$root" "$root"
         mount --rbind /dev "$root/dev"
         mount -t proc proc "$root/proc"
         mount --rbind /sys "$root/sys"
         mount -t tmpfs tmpfs "$root/tmp"
-        exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-            LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive $PASSENV "$@"
+        mkdir -p "$root/.oldroot"
+        cd "$root"
+        pivot_root . .oldroot
+        exec /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb \
+            DEBIAN_FRONTEND=noninteractive $PASSENV /bin/sh -c "umount -l /.oldroot && cd / && exec \"\$@\"" sh "$@"
     ' sh "$ROOT" make -C "$CLONE" "$target" || status="failed($?)"
     echo "make-$target $(( $(date +%s) - t0 )) $status" | tee -a "$TIMES"
     [ "$status" = ok ] || die "make $target failed inside the trixie root (times in $TIMES)"

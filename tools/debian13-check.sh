@@ -31,15 +31,17 @@ command -v mmdebstrap >/dev/null || die "mmdebstrap not found: apt-get install m
 [ -c /dev/kvm ] || echo "debian13-check: note: no /dev/kvm on this machine (L0 then runs TCG anyway)" >&2
 
 # 1. the trixie root: only what a fresh Debian 13 has plus what the README asks a user to
-#    have before `make setup` (make, git, python3); make setup installs the rest.
+#    have before `make setup` (make, git, python3; mount, which any installed Debian has and
+#    the pivot_root below uses); make setup installs the rest.
 if [ "${REUSE_ROOT:-1}" = 0 ] || [ ! -x "$ROOT/usr/bin/python3" ]; then
     rm -rf "$ROOT"
     t0=$(date +%s)
-    mmdebstrap --mode=root --variant=apt --include=make,git,python3,ca-certificates \
+    mmdebstrap --mode=root --variant=apt --include=make,git,python3,ca-certificates,mount \
         trixie "$ROOT" "deb $MIRROR trixie main" "deb $MIRROR trixie-updates main"
     echo "mmdebstrap $(( $(date +%s) - t0 )) ok" >> "$TIMES"
 fi
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+[ -x "$ROOT/usr/bin/umount" ] || chroot "$ROOT" apt-get install -y -q mount
 printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"   # no daemons started by apt
 chmod 755 "$ROOT/usr/sbin/policy-rc.d"
 

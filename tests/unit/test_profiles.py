@@ -256,3 +256,10 @@ def test_grading_patches_wrap_the_handler_of_their_version():
         graded = (d / "grading" / "kvm.patch").read_text()
         assert f"#define {handler} {handler}_ref" in graded, version
         assert graded == namespace["host"]((d / "kvm.patch").read_text()), "grading patch is stale"
+
+
+def test_6_12_banner_matches_its_nvhe_line_and_not_6_1s():
+    import re
+    line = "[    4.585439] kvm [1]: Hyp nVHE mode initialized successfully"
+    assert re.search(profiles.select((6, 12, 0)).nvhe_banner, line)
+    assert not re.search(profiles.select((6, 12, 0)).nvhe_banner, "kvm [1]: VHE mode initialized successfully")

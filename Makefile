@@ -1,6 +1,6 @@
 # kvm-hypercall-harness: every tool it needs comes from here (Debian packages + PyPI).
 #   make setup   install system packages and the harness in a virtual environment (.venv)
-#   make run     the main job on the embedded default (Debian linux-source-6.1)
+#   make run     the main job on the embedded default (Debian's linux-source: 6.1 on 12, 6.12 on 13)
 #   make experiments  the migration experiments: six scenarios, L1 ground truth, report.html
 #   make test    unit tests, then the end-to-end tests (real QEMU, kernels, SSH)
 #   make bench   print the performance figures

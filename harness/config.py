@@ -29,11 +29,13 @@ class GitSource:
 
 @dataclass
 class KernelConfig:
-    # debian: Debian's linux-source-6.1 tarball; path: a tree on disk; git: url + ref
+    # debian: Debian's linux-source tarball; path: a tree on disk; git: url + ref
     source: str = "debian"
     path: Optional[str] = None
     git: Optional[GitSource] = None
-    tarball: str = "/usr/src/linux-source-6.1.tar.xz"
+    # auto: this Debian release's own /usr/src/linux-source-X.Y.tar.xz (6.1 on Debian 12,
+    # 6.12 on Debian 13), else the newest one there with a kernel profile (harness/distro.py)
+    tarball: str = "auto"
     # auto: chosen from the tree's version; or a profile name ("6.1", "5.4")
     profile: str = "auto"
     jobs: int = 0  # 0 = number of CPUs

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
+
+try:
+    from . import distro
+except ImportError:  # run as a script by `make setup`, before the package is installed
+    import distro  # type: ignore[no-redef]
 
 ARM64 = ("aarch64", "arm64")
 
 # needed on every host
 COMMON_PACKAGES = (
-    "qemu-system-arm", "linux-source-6.1", "xz-utils", "make", "flex", "bison", "bc", "libssl-dev",
+    "qemu-system-arm", "xz-utils", "make", "flex", "bison", "bc", "libssl-dev",
     "libelf-dev", "cpio", "kmod", "ccache", "patch", "git", "mmdebstrap", "e2fsprogs",
     "debian-archive-keyring", "dropbear-bin", "openssh-client", "ca-certificates", "gcc", "libc6-dev",
     # the virtual environment that holds the Python side (PEP 668: no system-wide pip)
@@ -41,8 +46,12 @@ def is_arm64(arch: Optional[str] = None) -> bool:
     return machine(arch) in ARM64
 
 
-def apt_packages(arch: Optional[str] = None) -> List[str]:
-    return list(COMMON_PACKAGES) + ([] if is_arm64(arch) else list(CROSS_PACKAGES))
+def apt_packages(arch: Optional[str] = None, os_info: Optional[Dict[str, str]] = None) -> List[str]:
+    """Debian packages for this host: the common set, Debian's kernel source for this release
+    (linux-source-6.1 on Debian 12, linux-source-6.12 on Debian 13; see distro.py) and, where
+    arm64 is foreign, the cross tools."""
+    return (list(COMMON_PACKAGES) + [distro.source_package(os_info)]
+            + ([] if is_arm64(arch) else list(CROSS_PACKAGES)))
 
 
 def cross_prefix(arch: Optional[str] = None) -> str:

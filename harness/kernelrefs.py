@@ -31,8 +31,10 @@ REFS = {
                    r"static int handle_hvc\(", None),
     "hvc_tracepoint": ("... fires kvm_hvc_arm64 (PC, x0, immediate): the event L1's tracer records",
                        ("arch/arm64/kvm/handle_exit.c",), r"trace_kvm_hvc_arm64\(", r"static int handle_hvc\("),
-    "hvc_call_handler": ("kvm_hvc_call_handler() answers SMCCC/vendor hypercalls",
-                         ("arch/arm64/kvm/hypercalls.c", "virt/kvm/arm/psci.c"), r"^int kvm_hvc_call_handler\(", None),
+    # kvm_hvc_call_handler() up to 6.3; renamed kvm_smccc_call_handler() in 6.4 (SMCCC filter)
+    "hvc_call_handler": ("the SMCCC handler answers SMCCC/vendor hypercalls",
+                         ("arch/arm64/kvm/hypercalls.c", "virt/kvm/arm/psci.c"),
+                         r"^int kvm_(?:hvc|smccc)_call_handler\(", None),
 }
 
 
@@ -56,6 +58,12 @@ def _find(root: Path, files: Sequence[str], pattern: str, anchor: Optional[str])
             if re.search(pattern, lines[i]):
                 return {"file": rel, "line": i + 1, "text": lines[i].strip()}
     return None
+
+
+def handler_name(refs: Dict[str, dict]) -> str:
+    """The SMCCC handler's name in the tree that was used (it changed in 6.4)."""
+    m = re.search(r"(kvm_\w+_call_handler)\(", refs.get("hvc_call_handler", {}).get("text", ""))
+    return m.group(1) if m else "kvm_hvc_call_handler"
 
 
 def patch_answer(patch_text: str) -> Optional[dict]:

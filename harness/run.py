@@ -140,7 +140,8 @@ class Stack:
         self.timings["l1_ssh_s"] = round(time.monotonic() - self.l1.launched_at, 2)
         banner = re.search(art.profile.nvhe_banner, self.l1.console.text())
         if not banner:
-            vhe = "VHE mode initialized" in self.l1.console.text()
+            # 6.12 says "Hyp nVHE mode initialized", which contains "VHE mode initialized"
+            vhe = re.search(r"(?<!n)VHE mode initialized", self.l1.console.text()) is not None
             raise BootError("L1's KVM did not initialise in split (nVHE) mode"
                             + (" (it chose VHE)" if vhe else " (no 'Hyp mode initialized' line; is EL2 there?)"),
                             stage="l1-kvm", tail=self.l1.console.tail(60), log=self.l1.console_log)

@@ -11,9 +11,9 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
-from . import cache, procs, resources
+from . import cache, distro, procs, profiles, resources
 from .config import Config, KernelConfig
 from .errors import SourceError
 from .profiles import tree_version
@@ -141,11 +141,22 @@ def _finish(root: Path, origin: str, identity: str) -> SourceTree:
     return SourceTree(origin=origin, identity=identity, root=root, version=tree_version(root))
 
 
-def _from_tarball(tarball: Path, log_dir: Path, progress: Progress) -> SourceTree:
+def auto_tarball(usr_src: Path = distro.USR_SRC, info: Optional[dict] = None) -> Tuple[Path, str]:
+    """``kernel.tarball: auto``: (tarball, why it was chosen); a SourceError when /usr/src has
+    none with a kernel profile."""
+    tarball, why = distro.choose_tarball(profiles.all_profiles(), usr_src, info)
+    if tarball is None:
+        raise SourceError(f"kernel.tarball: auto: {why}")
+    return tarball, why
+
+
+def _from_tarball(tarball: Path, log_dir: Path, progress: Progress, why: str = "") -> SourceTree:
     if not tarball.exists():
+        m = distro.TARBALL.match(tarball.name)
+        package = f"linux-source-{m.group(1)}.{m.group(2)}" if m else distro.source_package()
         raise SourceError(
             f"kernel.tarball: {tarball} does not exist; install it with `make setup` "
-            "(Debian package linux-source-6.1) or point kernel.source at your own tree"
+            f"(Debian package {package}) or point kernel.source at your own tree"
         )
     identity = _tarball_identity(tarball)
     entry = cache.Entry("sources", cache.key_of(identity=identity))
@@ -162,7 +173,8 @@ def _from_tarball(tarball: Path, log_dir: Path, progress: Progress) -> SourceTre
         tops[0].rename(tmp / "linux")
 
     root = entry.ensure(extract) / "linux"
-    return _finish(root, f"debian tarball {tarball}", identity)
+    return _finish(root, f"debian tarball {tarball}" + (f" (kernel.tarball auto: {why})" if why else ""),
+                   identity)
 
 
 def _export_git(repo: Path, commit: str, dest: Path, log: Path) -> None:
@@ -235,6 +247,10 @@ def resolve(cfg: Config, log_dir: Path, progress: Progress = print) -> SourceTre
     k: KernelConfig = cfg.kernel
     log_dir.mkdir(parents=True, exist_ok=True)
     if k.source == "debian":
+        if k.tarball == "auto":
+            tarball, why = auto_tarball()
+            progress(f"kernel.tarball auto: {tarball} ({why})")
+            return _from_tarball(tarball, log_dir, progress, why)
         return _from_tarball(Path(k.tarball), log_dir, progress)
     if k.source == "path":
         return _from_path(cfg.resolve_path(k.path), log_dir, progress)

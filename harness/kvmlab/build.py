@@ -100,13 +100,19 @@ class Profile:
 _UBUNTU_HV = ("-D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protection "
               "-fcf-protection -Wformat -Wformat-security")
 _UBUNTU_GUEST = "-D_FORTIFY_SOURCE=2"
+# gcc 14 (Debian 13) makes these former warnings errors by default ("permerrors"), which
+# -Wno-error does not touch; where warnings are meant not to be fatal they are named too,
+# so a guest.c builds as it does with gcc 12 (Debian 12).  gcc 12 accepts the flags.
+GCC14_PERMERRORS = ("-Wno-error=incompatible-pointer-types -Wno-error=int-conversion "
+                    "-Wno-error=implicit-function-declaration -Wno-error=implicit-int")
 PROFILES = (
     Profile("upstream", "upstream kvm-hello-world flags (-Wall -Wextra -Werror -O2; guest "
             "-ffreestanding -fno-pic)", {}),
     Profile("ubuntu-defaults", "with Ubuntu gcc's default flags (" + _UBUNTU_HV + ")",
             {"HV_PROFILE": _UBUNTU_HV, "GUEST_PROFILE": _UBUNTU_GUEST}),
     Profile("warnings-not-fatal", "with Ubuntu gcc's default flags and warnings not fatal (-Wno-error)",
-            {"HV_PROFILE": _UBUNTU_HV + " -Wno-error", "GUEST_PROFILE": _UBUNTU_GUEST + " -Wno-error"}),
+            {"HV_PROFILE": f"{_UBUNTU_HV} -Wno-error {GCC14_PERMERRORS}",
+             "GUEST_PROFILE": f"{_UBUNTU_GUEST} -Wno-error {GCC14_PERMERRORS}"}),
 )
 
 
@@ -222,7 +228,7 @@ def build_testguest(directory: Path, hypervisor_c: Path, guest_c: Path, cfg_head
     }, {"kvmlab_cfg.h": cfg_header})
     variables = dict(profile.variables)
     variables.update({"GUEST_SRC": "kvmlab_testguest.c", "GUEST_LD": "testguest.ld",
-                      "GUEST_EXTRA": "-Os -Wno-error -Wno-unused-function -Wno-unused-variable"})
+                      "GUEST_EXTRA": f"-Os -Wno-error {GCC14_PERMERRORS} -Wno-unused-function -Wno-unused-variable"})
     built = make(directory, variables)
     built.profile = profile
     if built.guest_image_size and built.guest_image_size > TESTGUEST_MAX:

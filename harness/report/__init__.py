@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Dict, List
 
-from .. import experiment, groundtruth
+from .. import experiment, groundtruth, kernelrefs
 from ..groundtruth import CallKey
 from ..trace import pcpu_of, read_trace
 from . import plots
@@ -120,7 +120,7 @@ def _answers(exp: dict) -> List[str]:
             f"{_ref(refs, 'run_preempt_enable')} before it handles the exit {_ref(refs, 'handle_exit')}, so "
             "the thread may move even here.",
             f"5. `handle_hvc()` {_ref(refs, 'handle_hvc')} fires the `kvm_hvc_arm64` tracepoint "
-            f"{_ref(refs, 'hvc_tracepoint')} (what L1's tracer records) and calls `kvm_hvc_call_handler()` "
+            f"{_ref(refs, 'hvc_tracepoint')} (what L1's tracer records) and calls `{kernelrefs.handler_name(refs)}()` "
             f"{_ref(refs, 'hvc_call_handler')}.",
             f"6. The host patch answers with {_ref(refs, 'patch_answer')}: the CPU recorded at the last "
             "sched-in, i.e. the physical CPU running the vCPU now. Reading `smp_processor_id()` there would "

@@ -1,6 +1,7 @@
 """Derive the grading-mode patches from each profile's reference patches:
     python images/grading/make_patches.py
-host: the reference kvm.patch with host_hook.c inserted just before the reference's
+host: the reference kvm.patch with host_hook.c (its kvm_hvc_call_handler renamed to the
+reference's handler, kvm_smccc_call_handler from 6.4) inserted just before the reference's
 handler (new lines inside the reference's first hunk: no new context to match);
 guest: the reference vm.patch with host_cpuid.c replaced by guest_host_cpuid.c.
 The outputs are committed (images/profiles/<v>/grading/)."""
@@ -25,9 +26,26 @@ def shift_later_hunks(lines, start, file_end, added):
             lines[i] = f"@@ -{a},{b} +{int(c) + added},{d} @@{rest}"
 
 
+def handler_name(ref: str) -> str:
+    """The SMCCC handler the reference answers in: the function named in the header of
+    the hunk that adds the answer (kvm_hvc_call_handler up to 6.3, kvm_smccc_call_handler
+    from 6.4)."""
+    header = ""
+    for line in ref.split("\n"):
+        if line.startswith("@@"):
+            header = line
+        elif line.startswith("+") and "vcpu->cpu" in line:
+            m = re.search(r"\b(kvm_\w+_call_handler)\(", header)
+            if m:
+                return m.group(1)
+    raise SystemExit("make_patches.py: cannot tell the SMCCC handler of a reference kvm.patch "
+                     "(no hunk header names kvm_*_call_handler before the line reading vcpu->cpu)")
+
+
 def host(ref: str) -> str:
     lines = ref.split("\n")
-    hook = ["+" + x if x else "+" for x in (HERE / "host_hook.c").read_text().rstrip("\n").split("\n")]
+    hook_src = (HERE / "host_hook.c").read_text().replace("kvm_hvc_call_handler", handler_name(ref))
+    hook = ["+" + x if x else "+" for x in hook_src.rstrip("\n").split("\n")]
     # insert after the reference's '#define KVM_HOST_CPUID_FUNC_ID' block (ends at the first '+' line
     # followed by a non-'+' line after the define)
     i = next(k for k, x in enumerate(lines) if x.startswith("+#define KVM_HOST_CPUID_FUNC_ID"))

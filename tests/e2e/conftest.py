@@ -1,6 +1,6 @@
 """Every e2e test runs once per kernel:
 
-  configured   the harness config (configs/default.yaml: Debian's linux-source-6.1,
+  configured   the harness config (configs/default.yaml: Debian's own linux-source, 6.1 or 6.12,
                or whatever --harness-config / $KVM_HARNESS_CONFIG names)
   own-tree     a kernel tree of yours, e.g. a Linux v5.4 checkout:
                    KVM_HARNESS_KERNEL_TREE=~/linux-5.4 pytest -m e2e

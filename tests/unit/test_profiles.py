@@ -219,3 +219,47 @@ def test_common_fragment_turns_on_the_preemption_checks():
     for sym in ("CONFIG_PREEMPT", "CONFIG_DEBUG_KERNEL", "CONFIG_DEBUG_PREEMPT", "CONFIG_DEBUG_ATOMIC_SLEEP",
                 "CONFIG_KVM", "CONFIG_PRINTK"):
         assert wanted.get(sym) == "y", sym
+
+
+def test_6_12_profile_numbers_the_syscall_in_the_generic_table():
+    """6.11+ arm64 generates its syscall numbers from scripts/syscall.tbl: a vm.patch that only
+    edits asm-generic/unistd.h would build a guest without the syscall."""
+    p = profiles.select((6, 12, 117))
+    assert p.name == "6.12" and p.syscall_nr == 463
+    vm = Patch.from_file(p.reference_vm_patch)
+    assert "scripts/syscall.tbl" in vm.files
+    added = [l for l in vm.data.decode().splitlines() if l.startswith("+") and "host_cpuid" in l]
+    assert any(l.split()[:3] == ["+463", "common", "host_cpuid"] for l in added), added
+
+
+def test_6_12_host_patch_passes_the_smccc_filter():
+    """From 6.4 kvm_smccc_get_action() denies an ID that is in no bitmap and not in
+    kvm_smccc_default_allowed(): the reference must add it there, in the handler it answers in."""
+    text = profiles.select((6, 12, 0)).reference_kvm_patch.read_text()
+    hunks = text.split("\n@@ ")
+    allowed = [h for h in hunks if h.split("\n")[0].endswith("kvm_smccc_default_allowed(u32 func_id)")]
+    assert allowed and "+\tcase KVM_HOST_CPUID_FUNC_ID:" in allowed[0]
+    handler = [h for h in hunks if h.split("\n")[0].endswith("int kvm_smccc_call_handler(struct kvm_vcpu *vcpu)")]
+    assert handler and "+\t\tval[0] = READ_ONCE(vcpu->cpu);" in handler[0]
+
+
+def test_grading_patches_wrap_the_handler_of_their_version():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_patches_probe", profiles.REPO / "images/grading/make_patches.py")
+    src = spec.loader.get_data(spec.origin).decode()
+    namespace: dict = {"__file__": spec.origin}
+    exec(compile(src.split("\nfor prof in sorted")[0], spec.origin, "exec"), namespace)
+    for version, handler in (("6.12", "kvm_smccc_call_handler"), ("6.1", "kvm_hvc_call_handler"),
+                             ("5.4", "kvm_hvc_call_handler")):
+        d = profiles.PROFILES / version
+        assert namespace["handler_name"]((d / "kvm.patch").read_text()) == handler
+        graded = (d / "grading" / "kvm.patch").read_text()
+        assert f"#define {handler} {handler}_ref" in graded, version
+        assert graded == namespace["host"]((d / "kvm.patch").read_text()), "grading patch is stale"
+
+
+def test_6_12_banner_matches_its_nvhe_line_and_not_6_1s():
+    import re
+    line = "[    4.585439] kvm [1]: Hyp nVHE mode initialized successfully"
+    assert re.search(profiles.select((6, 12, 0)).nvhe_banner, line)
+    assert not re.search(profiles.select((6, 12, 0)).nvhe_banner, "kvm [1]: VHE mode initialized successfully")

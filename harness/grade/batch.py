@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .. import sandbox, sources
-from ..config import Config
+from ..config import Config, override
 from ..errors import HarnessError
 from ..machine import QEMU
 from ..profiles import select
@@ -94,7 +94,38 @@ def reference_run(ctx: Context) -> dict:
     return {"verdict": res.summary.get("verdict"), "timings": res.summary.get("timings")}
 
 
+SEED_MAX_GB = 4
+
+
+def batch_ccache(out: Path, progress: Progress = print) -> Path:
+    """The batch's own ccache for sandboxed (students') builds: seeded once with a copy of
+    the shared one (so a build still hits what trusted builds compiled), then written only
+    by this batch.  A submission can at worst poison objects for later submissions of the
+    same batch, never the shared cache that reference and later batches use."""
+    from .. import cache
+
+    d = out / ".ccache"
+    if d.is_dir():
+        return d
+    shared = cache.cache_root() / "ccache"
+    tmp = out / ".ccache.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    size = sum(f.stat().st_size for f in shared.rglob("*") if f.is_file()) if shared.is_dir() else 0
+    if 0 < size <= SEED_MAX_GB << 30:
+        progress(f"seeding the batch's ccache from the shared one ({size / 2**20:.0f} MiB)")
+        subprocess.run(["cp", "-a", "--reflink=auto", str(shared), str(tmp)], check=True)
+        shutil.rmtree(tmp / "tmp", ignore_errors=True)
+    else:
+        tmp.mkdir(parents=True)
+    tmp.rename(d)
+    return d
+
+
 def make_context(cfg: Config, rubric: Rubric, out: Path, run_pairings: bool, progress: Progress) -> Context:
+    if run_pairings and cfg.kernel.sandbox and not cfg.kernel.sandbox_ccache:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = override(cfg, [f"kernel.sandbox_ccache={json.dumps(str(batch_ccache(out, progress)))}"])
     try:
         src = sources.resolve(cfg, out / "logs", progress)
     except HarnessError as e:

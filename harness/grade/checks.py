@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..trace import classify_ret
-from .pairing import HI_TAG, CallId, PairingResult, hvc_count
+from .pairing import HI_TAG, CallId, PairingResult
 from .rubric import CHECKS, Rubric
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -25,6 +25,9 @@ class Check:
     evidence: List[str] = field(default_factory=list)
     points: float = 0.0
     max_points: float = 0.0
+    # a SKIP that is the machine's doing (no migration happened, L1's trace lost events):
+    # its points are withheld and the row is flagged for a regrade, never counted as lost
+    inconclusive: bool = False
 
     @property
     def category(self) -> Optional[str]:
@@ -36,7 +39,8 @@ class Check:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "category": self.category, "title": self.title, "status": self.status,
-                "reason": self.reason, "evidence": self.evidence, "points": self.points, "max": self.max_points}
+                "reason": self.reason, "evidence": self.evidence, "points": self.points, "max": self.max_points,
+                **({"inconclusive": True} if self.inconclusive else {})}
 
 
 def signed(x: int) -> int:
@@ -147,27 +151,80 @@ def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, 
     return out
 
 
+UNEXPLAINED_MAX = 0.001     # unexplained disagreements tolerated per call (trace timing), 1 in 1000
+
+
+def _lost(sc: dict) -> int:
+    """Events L1's ring buffer dropped in this scenario (then calls cannot be matched to HVCs)."""
+    return int((sc.get("l1_trace") or {}).get("lost") or 0)
+
+
+def _unaligned(sc: dict, what: str) -> List[str]:
+    """Evidence lines for the vCPUs whose calls do not match L1's HVCs one to one."""
+    ev = []
+    for v, st in sorted(sc["per_vcpu"].items()):
+        gt = st.get("ground_truth") or {}
+        if gt and not gt.get("aligned"):
+            others = ", ".join(f"{f} x{n}" for f, n in (gt.get("other_hvcs") or {}).items()) or "none"
+            ev.append(f"{sc['name']} vCPU{v}: {gt.get('hvc_events')} HVCs with {gt.get('call_key')} for "
+                      f"{gt.get('samples')} calls ({what}); other HVCs of this vCPU: {others}")
+    return ev
+
+
 def ground_truth_check(sc: Optional[dict]) -> Check:
+    """The values agree with the CPU that handled each HVC in L1 (student host x grading
+    guest, loaded scenario).  The grading guest issues exactly one HVC per call (the
+    preflight's reference pairing shows it), so a trace that does not line up is the
+    host's doing; a disagreement explained by L1 moving the thread between the HVC and
+    the read of vcpu->cpu is a legitimate preemption race."""
     cid = "hc.ground_truth"
     if sc is None:
         return Check(cid, SKIP, "no loaded scenario ran")
     gts = {v: st.get("ground_truth") for v, st in sc["per_vcpu"].items()}
     if not any(gts.values()):
-        return Check(cid, SKIP, "L1's trace was not recorded (this harness has no ground_truth in summary.json)")
-    changes = sum(st.get("pcpu_changes", 0) for st in sc["per_vcpu"].values())
-    ev, worst = [], 1.0
+        return Check(cid, SKIP, "L1's trace was not recorded (no ground_truth in summary.json)", inconclusive=True)
+    bad = _unaligned(sc, "the grading guest issues one per call")
+    if bad:
+        if _lost(sc):
+            return Check(cid, SKIP, f"L1's ring buffer lost {_lost(sc)} events: calls cannot be matched to HVCs "
+                         "(the machine's fault, not the submission's)", bad, inconclusive=True)
+        return Check(cid, FAIL, "the calls of the grading guest do not line up with L1's HVCs one to one: "
+                     "the host patch changed how many hypercalls a call takes", bad)
+    ev, calls, unexplained, raced, migrations, changes = [], 0, 0, 0, 0, 0
     for v, gt in sorted(gts.items()):
         if not gt:
             continue
-        ev.append(f"vCPU{v}: agreement {gt.get('agreement')}, {gt.get('samples')} samples, "
-                  f"{gt.get('hvc_events')} HVCs in L1's trace, {gt.get('changes')} changes")
+        n = int(gt.get("samples") or 0)
+        agree = round(float(gt.get("agreement") or 0.0) * n)
+        dis = n - agree
+        k = int(str(gt.get("disagreements_explained") or f"0/{dis}").split("/")[0])
+        calls += n
+        raced += k
+        unexplained += dis - k
+        migrations += int(gt.get("migrations") or 0)
+        changes += int(gt.get("changes") or 0)
+        ev.append(f"vCPU{v}: {n} calls = {n} HVCs in L1's trace ({gt.get('call_key')}); {agree} answered the CPU "
+                  f"that handled the HVC, {dis} did not, of which {k} explained by L1 moving the thread there "
+                  f"before the reply; L1 migrated the thread {gt.get('migrations')} times; the answer changed "
+                  f"{gt.get('changes')} times, {gt.get('changes_explained')} explained by L1")
         for d in (gt.get("disagreements") or [])[:3]:
-            ev.append(f"  disagreement: {d}")
-        worst = min(worst, float(gt.get("agreement") or 0.0))
-    if changes == 0:
-        return Check(cid, SKIP, "no migration happened under load: agreement cannot be judged", ev)
-    ok = worst >= 0.99
-    return Check(cid, PASS if ok else FAIL, f"worst agreement {worst:.3f} with {changes} pCPU changes", ev)
+            if not d.get("moved_there_before_reply"):
+                ev.append(f"  vCPU{v} call {d.get('call')} at {d.get('t_s')} s: answered {signed(int(d['returned']))}, "
+                          f"L1 handled it on CPU {d.get('handled_on')} and did not move the thread there")
+    if calls == 0:
+        return Check(cid, SKIP, "the loaded scenario recorded no calls", ev, inconclusive=True)
+    if unexplained > UNEXPLAINED_MAX * calls:
+        return Check(cid, FAIL, f"{unexplained} of {calls} answers are not the CPU that handled the HVC in L1 "
+                     f"(and L1 did not move the thread there before the reply)", ev)
+    tail = (f"; {raced} answered the CPU L1 moved the thread to between the HVC and the reply (a legitimate "
+            "preemption race)" if raced else "") + (f"; {unexplained} unexplained (tolerated: trace timing)"
+                                                     if unexplained else "")
+    if migrations == 0 and changes == 0:
+        return Check(cid, SKIP, f"L1 did not move the vCPU threads during the loaded scenario: {calls - unexplained} "
+                     f"of {calls} answers agree, but agreement under migration could not be judged this time "
+                     "(the machine's, not the submission's; regrade)", ev, inconclusive=True)
+    return Check(cid, PASS, f"all {calls} answers agree with the CPU that handled the HVC in L1, with "
+                 f"{migrations} migrations of the vCPU threads and {changes} changes of the answer" + tail, ev)
 
 
 def syscall_checks(res: Optional[PairingResult], syscall_nr: int, pin: Dict[int, int], cid: Optional[CallId],
@@ -203,20 +260,45 @@ def syscall_checks(res: Optional[PairingResult], syscall_nr: int, pin: Dict[int,
         out["sc.one_hvc"] = Check("sc.one_hvc", SKIP, "prerequisite sc.number failed")
         out["sc.value"] = Check("sc.value", SKIP, "prerequisite sc.number failed")
     else:
-        n = hvc_count(s, cid) if cid else None
-        if n is None:
-            out["sc.one_hvc"] = Check("sc.one_hvc", SKIP, "L1's HVC trace was not recorded (no hvc_calls in summary.json)")
-        else:
-            ok = n == samples
-            what = "the syscall never issues hvc" if n == 0 else f"{n / samples:.2f} HVCs per call"
-            out["sc.one_hvc"] = Check("sc.one_hvc", PASS if ok else FAIL,
-                                      f"{n} HVCs ({cid.to_dict()['func_id']}, imm {cid.imm}) for {samples} calls"
-                                      + ("" if ok else f": {what}"))
+        out["sc.one_hvc"] = one_hvc_check(s, cid)
         out["sc.value"] = value_check(res, pin)
     lines = kernel_lines(s, "l2")
     out["sc.kernel_clean"] = Check("sc.kernel_clean", FAIL if lines else PASS,
                                    lines[0] if lines else "no kernel error lines in L2", lines[:5])
     return out
+
+
+def one_hvc_check(s: dict, cid: Optional[CallId]) -> Check:
+    """Exactly one HVC with the student's call per syscall, per vCPU and scenario, counted
+    in L1's trace (grading host x student guest: the host is the grading one)."""
+    i = "sc.one_hvc"
+    scen = [sc for sc in s.get("scenarios", []) or [] if any(st.get("ground_truth") for st in sc["per_vcpu"].values())]
+    if not scen:
+        return Check(i, SKIP, "L1's HVC trace was not recorded (no ground_truth in summary.json)", inconclusive=True)
+    ev, bad, lost = [], [], 0
+    key = (cid.to_dict() if cid else {})
+    for sc in scen:
+        for v, st in sorted(sc["per_vcpu"].items()):
+            gt = st.get("ground_truth") or {}
+            n, m = gt.get("hvc_events"), gt.get("samples")
+            others = ", ".join(f"{f} x{k}" for f, k in (gt.get("other_hvcs") or {}).items())
+            line = f"{sc['name']} vCPU{v}: {n} HVCs with {gt.get('call_key')} for {m} calls" + \
+                (f"; other HVCs: {others}" if others else "")
+            ev.append(line)
+            if not gt.get("aligned"):
+                bad.append((n, m))
+                lost += _lost(sc)
+    if not bad:
+        calls = sum(st["ground_truth"]["samples"] for sc in scen for st in sc["per_vcpu"].values()
+                    if st.get("ground_truth"))
+        return Check(i, PASS, f"one HVC per call on every vCPU ({calls} calls; learned ID: func "
+                     f"{key.get('func_id')}, imm {key.get('imm')}, from {key.get('source') or '?'})", ev)
+    if lost:
+        return Check(i, SKIP, f"L1's ring buffer lost {lost} events: HVCs cannot be counted (the machine's fault)",
+                     ev, inconclusive=True)
+    n, m = sum(x or 0 for x, _ in bad), sum(y or 0 for _, y in bad)
+    what = "the syscall never issues the hypercall" if n == 0 else f"{n / m:.2f} HVCs per call" if m else "no calls"
+    return Check(i, FAIL, f"{n} HVCs for {m} calls where one per call is due: {what}", ev)
 
 
 def value_check(res: PairingResult, pin: Dict[int, int]) -> Check:
@@ -273,5 +355,7 @@ def score(checks: Dict[str, Check], rubric: Rubric) -> Dict[str, dict]:
             c.points = c.max_points if c.status == PASS else 0.0
             got += c.points
         skipped = sum(cat.checks[c] for c in cat.checks if checks.get(c) and checks[c].status == SKIP)
-        out[name] = {"points": got, "max": cat.total, "manual_reserved": cat.manual, "skipped_points": skipped}
+        withheld = [c for c in cat.checks if checks.get(c) and checks[c].status == SKIP and checks[c].inconclusive]
+        out[name] = {"points": got, "max": cat.total, "manual_reserved": cat.manual, "skipped_points": skipped,
+                     "inconclusive_points": sum(cat.checks[c] for c in withheld), "inconclusive": withheld}
     return out

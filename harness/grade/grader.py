@@ -46,8 +46,9 @@ def previous(ctx: Context, sub_id: str, digest: str) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     if res.get("format") == RESULTS_FORMAT and res.get("digest") == digest and res.get("status") == "graded" \
-            and res.get("mode") == ("full" if ctx.run_pairings else "static"):
-        return res
+            and res.get("mode") == ("full" if ctx.run_pairings else "static") \
+            and not any(c.get("inconclusive") for c in res.get("checks", [])):
+        return res  # (a check the machine left inconclusive is graded again)
     return None
 
 

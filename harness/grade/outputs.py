@@ -31,6 +31,11 @@ def row(results: dict) -> Dict[str, str]:
     if results.get("mode") == "static":
         return {"submission": results["id"], "hypercall": "", "syscall": "", "report": "", "total": "",
                 "flags": "; ".join(["static only: not built or booted"] + flags)}
+    withheld = [c for cat in ("hypercall", "syscall") for c in (sc.get(cat) or {}).get("inconclusive", [])]
+    if withheld:
+        pts = sum((sc.get(cat) or {}).get("inconclusive_points", 0) for cat in ("hypercall", "syscall"))
+        flags.insert(0, f"INCONCLUSIVE (the machine's, not the student's): {', '.join(withheld)} "
+                        f"({_fmt(float(pts))} points withheld); rerun the batch to regrade")
     auto_report = (sc.get("report") or {}).get("points", 0.0)
     total = sum((sc.get(c) or {}).get("points", 0.0) for c in ("hypercall", "syscall")) + auto_report
     return {"submission": results["id"], "hypercall": _fmt((sc.get("hypercall") or {}).get("points")),
@@ -127,7 +132,7 @@ def _status_cell(results: dict, cat: str) -> str:
     cells = []
     for c in results.get("checks", []):
         if c["category"] == cat:
-            cls = {"PASS": "p", "FAIL": "f", "SKIP": "s"}[c["status"]]
+            cls = "i" if c.get("inconclusive") else {"PASS": "p", "FAIL": "f", "SKIP": "s"}[c["status"]]
             tip = html.escape(f"{c['id']}: {c['status']} - {c['reason']}", quote=True)
             cells.append(f'<span class="{cls}" title="{tip}">{c["id"].split(".", 1)[1]}</span>')
     return " ".join(cells)
@@ -156,11 +161,11 @@ def write_index(out: Path, all_results: List[dict], similar: List[dict]) -> None
         f"<td><a href=\"{html.escape(s['view'])}\">side by side</a></td></tr>" for s in similar)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hw2 grades</title><style>
 body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px;vertical-align:top}}
-th{{background:#eee}} .n{{text-align:right;font-weight:bold}} .p{{background:#c8f0c8}} .f{{background:#f5b5b5}} .s{{background:#e0e0e0}}
+th{{background:#eee}} .n{{text-align:right;font-weight:bold}} .p{{background:#c8f0c8}} .f{{background:#f5b5b5}} .s{{background:#e0e0e0}} .i{{background:#ffe08a}}
 span{{padding:1px 3px;margin:1px;border-radius:3px;font-size:85%;display:inline-block}} .fl{{font-size:80%;max-width:28em}}
 </style></head><body><h1>hw2 (host_cpuid) grades: {len(all_results)} submissions</h1>
 <p>Report points are graded by a human (thumbnails link to the pages). Cells: green PASS, red FAIL, grey SKIP
-(hover for the reason). <a href="grades.csv">grades.csv</a></p>
+(a prerequisite failed), amber SKIP that was the machine's doing (points withheld, rerun to regrade); hover for the reason. <a href="grades.csv">grades.csv</a></p>
 <table><tr><th>submission</th><th>hypercall</th><th>checks</th><th>syscall</th><th>checks</th><th>report</th>
 <th>total (auto)</th><th>flags</th><th>evidence</th></tr>{''.join(rows)}</table>
 <h2>Similar pairs (added lines)</h2>

@@ -40,8 +40,9 @@ def assert_expected(f, r):
         assert checks[cid]["status"] == "FAIL", f"{f.name}: {cid} should FAIL\n{why}"
     for cat in ("hypercall", "syscall"):
         if cat in f.expect:
-            # SKIPs for lack of L1's trace (ground truth, HVC count) are the harness's gap, not the student's
-            lost = scores[cat]["max"] - scores[cat]["points"] - scores[cat]["skipped_points"]
+            # a SKIP because a prerequisite failed is lost; one the machine caused (no migration in
+            # L1 this time) is withheld and flagged for a regrade, so it is not held against the fixture
+            lost = scores[cat]["max"] - scores[cat]["points"] - scores[cat]["inconclusive_points"]
             assert lost == 40 - f.expect[cat], f"{f.name}: {cat} {scores[cat]}\n{why}"
     if f.expect.get("class") == "correct":
         assert not [c for c in checks.values() if c["status"] == "FAIL"], why

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from harness import config
-from harness.grade import batch, rubric
+from harness.grade import batch, outputs, rubric
 from harness.grade.grader import Context
 from harness.profiles import all_profiles
 from tests.grade.fixtures import bad_zips, fixtures, make_zip
@@ -78,3 +78,22 @@ def test_static_with_tree_names_the_patch_that_does_not_apply(inbox, tmp_path, t
     assert c["sc.builds"]["status"] == "FAIL" and "unistd.h" in c["sc.builds"]["reason"]
     r = json.loads((out / "submissions" / "good-id8" / "results.json").read_text())
     assert {c["id"]: c for c in r["checks"]}["sc.builds"]["status"] == "SKIP"
+
+
+def test_inconclusive_check_is_flagged_and_regraded(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    f = fixtures("6.1")[0]
+    make_zip(d / f"{f.name}_hw2.zip", f.files())
+    out = tmp_path / "out"
+    batch.grade_batch([d], ctx(out))
+    p = out / "submissions" / f.name / "results.json"
+    r = json.loads(p.read_text())
+    r["checks"][0]["inconclusive"] = True
+    r["scores"]["hypercall"].update(inconclusive=["hc.ground_truth"], inconclusive_points=6)
+    r["mode"] = "static"
+    p.write_text(json.dumps(r))
+    row = outputs.row({**r, "mode": "full"})
+    assert row["flags"].startswith("INCONCLUSIVE (the machine's, not the student's): hc.ground_truth (6 points")
+    again = batch.grade_batch([d], ctx(out))
+    assert not again[0].get("resumed")      # the machine's gap is graded again, the rest resumes

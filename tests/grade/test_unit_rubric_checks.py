@@ -3,7 +3,9 @@ import copy
 import pytest
 import yaml
 
+from harness import groundtruth
 from harness.grade import checks as chk
+from harness.groundtruth import CallKey, HostTrace, Hvc
 from harness.grade import rubric, similarity
 from harness.grade.errors import RubricError
 from harness.grade.pairing import HI_TAG, CallId, PairingResult, issued_from_trace
@@ -44,22 +46,80 @@ def test_hypercall_vcpu_id_and_range():
     assert c["hc.pinned"].status == "FAIL" and "the vCPU id" in c["hc.pinned"].reason
     assert c["hc.range"].status == "PASS"
     assert c["hc.ground_truth"].status == "SKIP" and "not recorded" in c["hc.ground_truth"].reason
+    assert c["hc.ground_truth"].inconclusive
     res = result({"pinned": {"0": [3] * 5, "1": [(1 << 64) - 1] * 5}})
     c = chk.hypercall_checks(res, 4, PIN)
     assert c["hc.range"].status == "FAIL" and "NOT_SUPPORTED" in c["hc.range"].evidence[0]
     assert c["hc.pinned"].status == "FAIL" and c["hc.l2_vcpus"].status == "PASS"
 
 
-def test_hypercall_ground_truth_and_bug_named():
-    s = {"scenarios": [{"name": "loaded", "per_vcpu": {"0": {"observed_vcpus": [0], "pcpu_changes": 3,
-                       "ground_truth": {"agreement": 0.5, "samples": 10, "hvc_events": 10, "changes": 3,
-                                        "disagreements": ["call 4: returned 1, HVC on 2"]}}}}],
+def l1_view(cpus, rets, key=CallKey(func_id=8), moves=(), tid=100, extra_hvcs=0):
+    """A vCPU's ground truth as the harness computes it: HVC k handled on cpus[k] at t=k,
+    the workload got rets[k]; moves = (t, orig, dest) migrations of the thread in L1."""
+    tr = HostTrace(hvcs=[Hvc(float(k), c, tid, key.func_id or 0, key.imm or 0, 0) for k, c in enumerate(cpus)]
+                   + [Hvc(len(cpus) + k + 0.5, 0, tid, key.func_id or 0, key.imm or 0, 0) for k in range(extra_hvcs)],
+                   migrations=[(t, d, tid, o, d) for t, o, d in moves])
+    return groundtruth.cross_check(tr, tid, rets, key)
+
+
+def loaded(*gts, lost=0):
+    s = {"scenarios": [{"name": "loaded", "l1_trace": {"lost": lost},
+                        "per_vcpu": {str(v): {"observed_vcpus": [v], "ground_truth": g} for v, g in enumerate(gts)}}],
+         "timings": {}}
+    return result({"loaded": {str(v): [0] for v in range(len(gts))}}, summary=s)
+
+
+def test_ground_truth_race_explained_passes_constant_fails():
+    cpus = [0] * 500 + [2] * 500 + [1] * 1000
+    # a correct preemptible handler: call 1200 was handled on CPU 1, L1 moved the thread to 3 before the reply
+    rets = list(cpus)
+    rets[1200] = 3
+    g = l1_view(cpus, rets, moves=[(499.5, 0, 2), (999.5, 2, 1), (1200.2, 1, 3), (1200.7, 3, 1)])
+    assert g["disagreements_explained"] == "1/1"
+    c = chk.ground_truth_check(loaded(g, g).summary["scenarios"][0])
+    assert c.status == "PASS" and "preemption race" in c.reason and "with 8 migrations" in c.reason
+    # a constant: most answers are not the handling CPU and L1 shows no move there
+    c = chk.ground_truth_check(loaded(l1_view(cpus, [1] * len(cpus), moves=[(499.5, 0, 2)])).summary["scenarios"][0])
+    assert c.status == "FAIL" and "1000 of 2000 answers" in c.reason and c.evidence
+
+
+def test_ground_truth_unexplained_race_fails_and_no_migration_is_inconclusive():
+    cpus = [1] * 1000
+    rets = list(cpus)
+    rets[10] = rets[20] = 2                     # no move to CPU 2 in L1: not a race
+    c = chk.ground_truth_check(loaded(l1_view(cpus, rets, moves=[(500.5, 1, 1)])).summary["scenarios"][0])
+    assert c.status == "FAIL" and "2 of 1000" in c.reason
+    assert any("call 10" in e and "did not move the thread there" in e for e in c.evidence)
+    c = chk.ground_truth_check(loaded(l1_view(cpus, list(cpus))).summary["scenarios"][0])
+    assert c.status == "SKIP" and c.inconclusive and "did not move" in c.reason
+
+
+def test_ground_truth_unaligned_fails_host_unless_trace_lost():
+    cpus = [1] * 100
+    g = l1_view(cpus, list(cpus), extra_hvcs=100)          # two HVCs per call
+    assert not g["aligned"]
+    c = chk.ground_truth_check(loaded(g).summary["scenarios"][0])
+    assert c.status == "FAIL" and "200 HVCs" in c.evidence[0] and "for 100 calls" in c.evidence[0]
+    c = chk.ground_truth_check(loaded(g, lost=37).summary["scenarios"][0])
+    assert c.status == "SKIP" and c.inconclusive and "lost 37 events" in c.reason
+
+
+def test_kernel_bug_named():
+    s = {"scenarios": [{"name": "loaded", "per_vcpu": {"0": {"observed_vcpus": [0]}}}],
          "kernel_log_findings": [{"where": "l1-console", "signature": "bug",
                                   "line": "BUG: using smp_processor_id() in preemptible [00000000] code"}],
          "timings": {}}
     c = chk.hypercall_checks(result({"loaded": {"0": [1] * 10}}, summary=s), 4, PIN)
-    assert c["hc.ground_truth"].status == "FAIL" and "0.500" in c["hc.ground_truth"].reason
     assert c["hc.kernel_clean"].reason.startswith("preemption bug: BUG: using smp_processor_id()")
+
+
+def test_scores_withhold_inconclusive_points():
+    cs = {"hc.builds": chk.Check("hc.builds", "PASS", ""),
+          "hc.ground_truth": chk.Check("hc.ground_truth", "SKIP", "no migration", inconclusive=True),
+          "hc.range": chk.Check("hc.range", "SKIP", "prerequisite hc.l1_nvhe failed")}
+    sc = chk.score(cs, rubric.load())["hypercall"]
+    assert sc["inconclusive"] == ["hc.ground_truth"] and sc["inconclusive_points"] == 6
+    assert sc["skipped_points"] == 6 + 8
 
 
 def test_failed_build_skips_dependents_other_half_untouched():
@@ -85,13 +145,19 @@ def test_one_hvc_from_trace():
     s = {"scenarios": [{"name": "pinned", "per_vcpu": {"0": {"observed_vcpus": [0]}},
                         "hvc_calls": [{"func_id": "0x8", "imm": 0, "count": 4, "vcpu": 0},
                                       {"func_id": "0x84000000", "imm": 0, "count": 1, "vcpu": 0}]}], "timings": {}}
-    res = result({"pinned": {"0": [(HI_TAG << 32) | 3] * 4}}, summary=s)
     cid, n = issued_from_trace(s)
     assert (cid.func, cid.imm, n) == (8, 0, 4)
-    assert chk.syscall_checks(res, 451, {0: 3}, cid, {})["sc.one_hvc"].status == "PASS"
-    s["scenarios"][0]["hvc_calls"][0]["count"] = 0
+    rets = [(HI_TAG << 32) | 3] * 4
+    s["scenarios"][0]["per_vcpu"]["0"]["ground_truth"] = l1_view([3] * 4, rets)
+    res = result({"pinned": {"0": rets}}, summary=s)
+    c = chk.syscall_checks(res, 451, {0: 3}, cid, {})["sc.one_hvc"]
+    assert c.status == "PASS" and "4 HVCs with x0 = 0x8 for 4 calls" in c.evidence[0]
+    s["scenarios"][0]["per_vcpu"]["0"]["ground_truth"] = l1_view([], rets)
     c = chk.syscall_checks(res, 451, {0: 3}, CallId(8, None, "t"), {})["sc.one_hvc"]
-    assert c.status == "FAIL" and "never issues hvc" in c.reason
+    assert c.status == "FAIL" and "never issues the hypercall" in c.reason
+    s["scenarios"][0]["per_vcpu"]["0"]["ground_truth"] = l1_view([3] * 4, rets, extra_hvcs=4)
+    c = chk.syscall_checks(res, 451, {0: 3}, CallId(8, None, "t"), {})["sc.one_hvc"]
+    assert c.status == "FAIL" and "2.00 HVCs per call" in c.reason
 
 
 def test_scores_from_rubric():

@@ -141,8 +141,19 @@ def test_syscall_value_truncation_and_enosys():
     assert c["sc.number"].status == "FAIL" and "defines __NR_host_cpuid 452" in c["sc.number"].reason
 
 
+def test_nothing_learned_from_a_guest_that_never_issues_its_call():
+    # what a 6.1 guest whose syscall issues no hvc shows: two TRNG_RND64 calls at boot
+    s = {"scenarios": [{"name": "loaded", "per_vcpu": {"0": {"samples": 1500}, "1": {"samples": 1500}},
+                        "hvc_calls": [{"vcpu": 0, "func_id": "0xc4000053", "imm": 0, "count": 2}]}]}
+    assert issued_from_trace(s) is None
+    s["scenarios"][0]["hvc_calls"] = [{"vcpu": 0, "func_id": "0x57", "imm": 0, "count": 2}]
+    assert issued_from_trace(s) is None          # not once per call: not the workload's
+    s["scenarios"][0]["hvc_calls"] = [{"vcpu": v, "func_id": "0x57", "imm": 0, "count": 1500} for v in (0, 1)]
+    assert issued_from_trace(s)[0].func == 0x57
+
+
 def test_one_hvc_from_trace():
-    s = {"scenarios": [{"name": "pinned", "per_vcpu": {"0": {"observed_vcpus": [0]}},
+    s = {"scenarios": [{"name": "pinned", "per_vcpu": {"0": {"observed_vcpus": [0], "samples": 4}},
                         "hvc_calls": [{"func_id": "0x8", "imm": 0, "count": 4, "vcpu": 0},
                                       {"func_id": "0x84000000", "imm": 0, "count": 1, "vcpu": 0}]}], "timings": {}}
     cid, n = issued_from_trace(s)

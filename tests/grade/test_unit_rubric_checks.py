@@ -128,6 +128,17 @@ def test_failed_build_skips_dependents_other_half_untouched():
     assert c["hc.builds"].status == "FAIL" and all(c[k].status == "SKIP" for k in c if k != "hc.builds")
 
 
+def test_l2_that_does_not_boot_fails_l2_vcpus_not_l1():
+    res = PairingResult("hypercall", "boot-failed", why="l2-ssh: L2's kernel crashed: Kernel panic",
+                        error={"stage": "l2-ssh", "tail": "Kernel panic - not syncing"})
+    c = chk.hypercall_checks(res, 4, PIN)
+    assert c["hc.l1_nvhe"].status == "PASS" and c["hc.l2_vcpus"].status == "FAIL"
+    assert c["hc.range"].reason == "prerequisite hc.l2_vcpus failed"
+    res.error["stage"] = "l1-boot"
+    c = chk.hypercall_checks(res, 4, PIN)
+    assert c["hc.l1_nvhe"].status == "FAIL" and c["hc.l2_vcpus"].status == "SKIP"
+
+
 def test_syscall_value_truncation_and_enosys():
     good = [(HI_TAG << 32) | 3] * 4
     res = result({"pinned": {"0": good, "1": [(HI_TAG << 32) | 2] * 4}})

@@ -83,15 +83,22 @@ def preflight(cfg: Config, out: Path, full: bool, progress: Progress) -> List[st
     return done
 
 
-def reference_run(ctx: Context) -> dict:
+def reference_run(ctx: Context, name: str = "reference") -> dict:
     """Grading host x grading guest: L1 must boot with KVM in nVHE mode and answer."""
-    res = run_pairing(ctx.base, Pairing("reference", "grading", "grading", ()), ctx.profile.name,
+    res = run_pairing(ctx.base, Pairing(name, "grading", "grading", ()), ctx.profile.name,
                       ctx.out / "preflight", ctx.progress)
     if res.status != "ran" or res.summary.get("verdict") != "ok":
         raise GradeInfraError(f"the reference pairing does not work on this machine ({res.status}: "
                               f"{res.why or res.summary.get('verdict')}); nobody is graded",
-                              log=ctx.out / "preflight" / "reference" / "summary.json")
+                              log=ctx.out / "preflight" / name / "summary.json")
     return {"verdict": res.summary.get("verdict"), "timings": res.summary.get("timings")}
+
+
+def machine_check(ctx: Context, tag: str) -> str:
+    """The reference pairing again (after a student's pairing timed out)."""
+    r = reference_run(ctx, f"recheck-{tag}")
+    t = r.get("timings") or {}
+    return f"verdict {r['verdict']}, L1 SSH {t.get('l1_ssh_s')} s, L2 SSH {t.get('l2_ssh_s')} s"
 
 
 SEED_MAX_GB = 4
@@ -133,8 +140,10 @@ def make_context(cfg: Config, rubric: Rubric, out: Path, run_pairings: bool, pro
             raise
         raise GradeInfraError(f"kernel source: {e.message}") from None
     profile = select(src.version, cfg.kernel.profile)
-    return Context(base=cfg, profile=profile, tree=src.root, rubric=rubric, out=out, run_pairings=run_pairings,
-                   progress=progress)
+    ctx = Context(base=cfg, profile=profile, tree=src.root, rubric=rubric, out=out, run_pairings=run_pairings,
+                  progress=progress)
+    ctx.machine_check = lambda tag: machine_check(ctx, tag)
+    return ctx
 
 
 def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[int, int] = (1, 1),

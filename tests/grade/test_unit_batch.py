@@ -97,3 +97,32 @@ def test_inconclusive_check_is_flagged_and_regraded(tmp_path):
     assert row["flags"].startswith("INCONCLUSIVE (the machine's, not the student's): hc.ground_truth (6 points")
     again = batch.grade_batch([d], ctx(out))
     assert not again[0].get("resumed")      # the machine's gap is graded again, the rest resumes
+
+
+def test_a_timeout_is_checked_against_the_machine(tmp_path, monkeypatch):
+    """A pairing that timed out is the student's only if the reference pairing still comes
+    up right after; if the reference times out too, the machine is at fault (infra)."""
+    from harness.grade import grader
+    from harness.grade.diffcheck import DiffReport
+    from harness.grade.errors import GradeInfraError
+    from harness.grade.pairing import PairingResult
+
+    def timed_out(base, p, prof, out_dir, progress):
+        return PairingResult(p.name, "boot-failed", why="l2-ssh: L2 did not print ready within 120 s",
+                             error={"error": "StageTimeout", "stage": "l2-ssh"})
+
+    monkeypatch.setattr(grader, "run_pairing", timed_out)
+    c = ctx(tmp_path)
+    seen = []
+    c.machine_check = lambda tag: seen.append(tag) or "verdict ok, L1 SSH 7 s, L2 SSH 40 s"
+    diffs = {r: DiffReport(r) for r in ("host", "guest")}
+    ev = {"host": {}, "guest": {}}
+    pairings, _ = grader.run_matrix(c, tmp_path, diffs, ev, tmp_path / "sub" / "pairings")
+    assert len(seen) == 3 and "came up: verdict ok" in pairings["hypercall"].why
+
+    def machine_broken(tag):
+        raise GradeInfraError("the reference pairing does not work on this machine")
+
+    c.machine_check = machine_broken
+    with pytest.raises(GradeInfraError):
+        grader.run_matrix(c, tmp_path, diffs, ev, tmp_path / "sub" / "pairings")

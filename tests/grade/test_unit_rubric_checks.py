@@ -208,3 +208,11 @@ def test_similarity_run_with_corpus(tmp_path):
                             [ref("6.1", "kvm.patch"), ref("6.1", "vm.patch")], tmp_path)
     assert [(s["a"], s["b"]) for s in listed] == [("a", "corpus:known/sol.patch")]
     assert (tmp_path / listed[0]["view"]).read_text().count('class="m"') >= 1
+
+
+def test_e2e_follows_the_run_verdict_not_just_the_range():
+    s = {"scenarios": [], "verdict": "wrong-pcpu", "verdict_text": "a pinned vCPU reported another pCPU"}
+    c = chk.e2e_check(result({"pinned": {"0": [0] * 5, "1": [1] * 5}}, summary=s), 4)
+    assert c.status == "FAIL" and "wrong-pcpu" in c.reason        # in range, but the vCPU ids
+    s["verdict"] = "ok"
+    assert chk.e2e_check(result({"pinned": {"0": [3] * 5}}, summary=s), 4).status == "PASS"

@@ -36,6 +36,15 @@ STANDARD_RANGES = ((0x80000000, 0x8000FFFF), (0x84000000, 0x8400FFFF), (0xC40000
 LEARN_MIN = 0.5   # a call ID is learned from the trace only when issued at least this often per call
 
 
+VERDICT_TEXT = {
+    "ok": "every call answered the pCPU: pinned vCPUs their pCPU, every value the CPU that handled the HVC in L1",
+    "kernel-bug": "a kernel logged BUG:/WARNING:/Oops (see kernel_log_findings)",
+    "wrong-pcpu": "the values are not the pCPU running the vCPU (a pinned vCPU answered another pCPU, or the values "
+                  "disagree with the CPU that handled the HVC in L1)",
+    "hvc-mismatch": "L1's trace does not show exactly one hypercall with the learned call ID per call",
+}
+
+
 @dataclass
 class CallId:
     """What a guest issues: x0 (None = any) and the HVC immediate (None = any)."""
@@ -107,7 +116,14 @@ def recheck(r: PairingResult, cid: CallId) -> None:
     """The pairing's ground truth again, from its stored L1 traces, for the call ID learned
     from them (a student's own function ID or immediate)."""
     if r.run_dir and r.summary.get("scenarios"):
-        groundtruth.recheck_run(Path(r.run_dir), r.summary, groundtruth.CallKey(func_id=cid.func, imm=cid.imm))
+        key = groundtruth.CallKey(func_id=cid.func, imm=cid.imm)
+        groundtruth.recheck_run(Path(r.run_dir), r.summary, key)
+        # the run judged its trace with the reference's ID: its verdict changes with the key
+        before = r.summary.get("verdict")
+        r.summary["verdict"] = run.overall_verdict(r.summary["scenarios"], r.summary.get("kernel_log_findings") or [])
+        r.summary["verdict_text"] = VERDICT_TEXT.get(r.summary["verdict"], r.summary["verdict"])
+        r.summary["recheck"] = {"call_key": key.describe(), "source": cid.source, "verdict_before": before}
+        (Path(r.run_dir) / "summary.json").write_text(json.dumps(r.summary, indent=1, default=str))
 
 
 def _role_of(e: HarnessError, p: Pairing) -> Optional[str]:

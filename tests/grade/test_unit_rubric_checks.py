@@ -216,3 +216,32 @@ def test_e2e_follows_the_run_verdict_not_just_the_range():
     assert c.status == "FAIL" and "wrong-pcpu" in c.reason        # in range, but the vCPU ids
     s["verdict"] = "ok"
     assert chk.e2e_check(result({"pinned": {"0": [3] * 5}}, summary=s), 4).status == "PASS"
+
+
+def test_recheck_with_the_learned_id_redoes_the_verdict(tmp_path):
+    """The student x student pairing ran with the reference's call key: its verdict
+    (hvc-mismatch) is redone for the ID learned from L1's trace, on disk too."""
+    import json
+
+    from harness import trace as tr
+    from harness.grade.pairing import recheck
+
+    d = tmp_path / "e2e"
+    (d / "traces" / "loaded").mkdir(parents=True)
+    lines = [f"       CPU 0/KVM-500     [{c:03d}] d..1.  {100 + k:.6f}: kvm_hvc_arm64: HVC at 0xffff800008010000 "
+             f"(r0: 0x0000000000000008, imm: 0x0)" for k, c in enumerate([1, 1, 2, 2])]
+    lines.insert(2, "       CPU 0/KVM-500     [002] d..3.  101.500000: sched_migrate_task: comm=CPU 0/KVM pid=500 "
+                    "prio=120 orig_cpu=1 dest_cpu=2")
+    (d / "traces" / "loaded" / "l1-trace.txt").write_text("\n".join(lines) + "\n")
+    (d / "traces" / "loaded" / "vcpu0.bin").write_bytes(
+        tr.make_trace_bytes([(k, k, 0, c, 1000) for k, c in enumerate([1, 1, 2, 2])], pinned_vcpu=0))
+    s = {"verdict": "hvc-mismatch", "kernel_log_findings": [],
+         "scenarios": [{"name": "loaded", "l1_trace": {"file": "traces/loaded/l1-trace.txt"},
+                        "vcpu_threads": {"0": 500},
+                        "per_vcpu": {"0": {"verdict": "ok", "ground_truth": {"aligned": False}}}}]}
+    r = PairingResult("e2e", "ran", run_dir=str(d), summary=s)
+    recheck(r, CallId(8, 0, "L1 trace"))
+    gt = s["scenarios"][0]["per_vcpu"]["0"]["ground_truth"]
+    assert gt["aligned"] and gt["agreement"] == 1.0 and gt["changes_explained"] == 1
+    assert s["verdict"] == "ok" and s["recheck"]["verdict_before"] == "hvc-mismatch"
+    assert json.loads((d / "summary.json").read_text())["verdict"] == "ok"

@@ -219,7 +219,8 @@ def fixtures(profile: str) -> List[Fixture]:
         Fixture("good-getcpu", profile, host_returning(profile, "get_cpu()", post="put_cpu()"),
                 ref(profile, "vm.patch"), expect={"class": "correct", **full}),
         Fixture("bad-vcpuid", profile, host_returning(profile, "vcpu->vcpu_id", func="8"), good_vm,
-                expect={"class": "hypercall-wrong", "fails": ["hc.pinned"], "syscall": 40}, e2e=True),
+                expect={"class": "hypercall-wrong", "fails": ["hc.pinned", "hc.ground_truth"], "hypercall": 22,
+                        "syscall": 40}, e2e=True),
         Fixture("bad-const", profile, host_returning(profile, "1", func="8"), good_vm,
                 expect={"class": "hypercall-wrong", "fails": ["hc.pinned"], "syscall": 40}),
         Fixture("bad-fallthrough", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", brk=False), ref(profile, "vm.patch"),
@@ -239,7 +240,8 @@ SYSCALL_DEFINE0(host_cpuid)
 {
 	return raw_smp_processor_id();
 }
-"""), expect={"class": "syscall-wrong", "fails": ["sc.value"], "hypercall": 40}, e2e=True),
+"""), expect={"class": "syscall-wrong", "fails": ["sc.one_hvc", "sc.value"], "hypercall": 40, "syscall": 18},
+            e2e=True),
         Fixture("bad-nr", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", func="8"),
                 edit(edit(good_vm, f"+#define __NR_host_cpuid {nr}", f"+#define __NR_host_cpuid {nr + 1}"),
                      f"+#define __NR_syscalls {nr + 1}", f"+#define __NR_syscalls {nr + 2}"),

@@ -46,6 +46,12 @@ def assert_expected(f, r):
             assert lost == 40 - f.expect[cat], f"{f.name}: {cat} {scores[cat]}\n{why}"
     if f.expect.get("class") == "correct":
         assert not [c for c in checks.values() if c["status"] == "FAIL"], why
+        # L1's trace was recorded and judged (inconclusive only when L1 migrated nothing this time)
+        assert checks["sc.one_hvc"]["status"] == "PASS", why
+        gt = checks["hc.ground_truth"]
+        assert gt["status"] == "PASS" or (gt["status"] == "SKIP" and gt.get("inconclusive")), why
+    for c in checks.values():
+        assert "not recorded" not in c["reason"], why
 
 
 @pytest.mark.e2e

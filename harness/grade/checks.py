@@ -135,14 +135,20 @@ def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, 
         out["hc.pinned"] = Check("hc.pinned", SKIP, "the pinned scenario has no trace")
     else:
         fails, ev = [], []
+        # the pattern over all pinned vCPUs: each its own id, or one value for all
+        every = {v: set(pinned.get(str(v), [])) for v in pin}
+        vcpu_id = all(vals == {v} for v, vals in every.items())
+        constant = len(set().union(*every.values())) == 1 and len(every) > 1 and not vcpu_id
         for v, p in sorted(pin.items()):
             rets = pinned.get(str(v), [])
             line = f"vCPU{v} pinned to pCPU{p}: {describe_values(rets)}"
             ev.append(line)
             if not rets or any(signed(r) != p for r in rets):
                 hint = ""
-                if rets and all(signed(r) == v for r in rets):
+                if vcpu_id:
                     hint = " (the vCPU id, not the pCPU)"
+                elif constant:
+                    hint = " (the same constant on every vCPU)"
                 elif rets and len(set(rets)) == 1:
                     hint = " (a constant)"
                 fails.append(line + hint)

@@ -125,6 +125,11 @@ def test_scores_withhold_inconclusive_points():
     assert sc["skipped_points"] == 6 + 8
 
 
+def test_pinned_constant_that_equals_a_vcpu_id_is_named_a_constant():
+    c = chk.hypercall_checks(result({"pinned": {"0": [1] * 5, "1": [1] * 5}}), 4, PIN)["hc.pinned"]
+    assert c.status == "FAIL" and c.reason.count("the same constant on every vCPU") == 2 and "vCPU id" not in c.reason
+
+
 def test_failed_build_skips_dependents_other_half_untouched():
     res = PairingResult("hypercall", "build-failed", why="host kernel does not build: error: x")
     c = chk.hypercall_checks(res, 4, PIN)

@@ -72,8 +72,13 @@ def markdown(results: dict, rubric: Rubric) -> str:
     sc = r.get("scores") or {}
     for cat in ("hypercall", "syscall", "report"):
         s = sc.get(cat) or {}
+        if s.get("manual_reserved") and s.get("manual_reserved") >= (s.get("max") or 0):
+            out.append(f"- **{cat}**: to be graded by a human (/ {_fmt(s.get('max'))})")
+            continue
         manual = f" (+ {s.get('manual_reserved'):g} graded by a human)" if s.get("manual_reserved") else ""
-        out.append(f"- **{cat}**: {_fmt(s.get('points'))} / {_fmt(s.get('max'))}{manual}")
+        withheld = (f"; {_fmt(float(s['inconclusive_points']))} withheld, inconclusive: {', '.join(s['inconclusive'])}"
+                    if s.get("inconclusive") else "")
+        out.append(f"- **{cat}**: {_fmt(s.get('points'))} / {_fmt(s.get('max'))}{manual}{withheld}")
     out += ["", f"Profile {r.get('profile')} (syscall {r.get('syscall_nr')}); learned: "
             + (json.dumps(r.get("learned")) if r.get("learned") else "nothing (no pairing ran)"), ""]
     if r.get("flags") or r.get("problems"):

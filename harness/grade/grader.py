@@ -4,6 +4,7 @@ the submission's own faults; an infrastructure failure raises GradeInfraError so
 batch can tell it apart (and the submission is graded again on the next run)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -96,7 +97,9 @@ def grade(path: Path, sub_id: str, ctx: Context) -> dict:
     pairings: Dict[str, PairingResult] = {}
     learned: Dict[str, dict] = {}
     if ctx.run_pairings:
-        pairings, learned = run_matrix(ctx, work, diffs, evidence, sdir / "pairings")
+        # with -j N several submissions print at once: every line names its submission
+        mine = dataclasses.replace(ctx, progress=lambda m: ctx.progress(f"{sub_id}: {m}"))
+        pairings, learned = run_matrix(mine, work, diffs, evidence, sdir / "pairings")
     checks: Dict[str, chk.Check] = {}
     if ctx.run_pairings:
         why_h = _unusable(diffs["host"], "kvm.patch")

@@ -36,6 +36,9 @@ def row(results: dict) -> Dict[str, str]:
         pts = sum((sc.get(cat) or {}).get("inconclusive_points", 0) for cat in ("hypercall", "syscall"))
         flags.insert(0, f"INCONCLUSIVE (the machine's, not the student's): {', '.join(withheld)} "
                         f"({_fmt(float(pts))} points withheld); rerun the batch to regrade")
+    failed = [c["id"] for c in results.get("checks", []) if c["status"] == "FAIL" and c.get("category")]
+    if failed:
+        flags.append("failed: " + ", ".join(failed))
     auto_report = (sc.get("report") or {}).get("points", 0.0)
     total = sum((sc.get(c) or {}).get("points", 0.0) for c in ("hypercall", "syscall")) + auto_report
     return {"submission": results["id"], "hypercall": _fmt((sc.get("hypercall") or {}).get("points")),
@@ -140,7 +143,9 @@ def _status_cell(results: dict, cat: str) -> str:
             cls = "i" if c.get("inconclusive") else {"PASS": "p", "FAIL": "f", "SKIP": "s"}[c["status"]]
             tip = html.escape(f"{c['id']}: {c['status']} - {c['reason']}", quote=True)
             cells.append(f'<span class="{cls}" title="{tip}">{c["id"].split(".", 1)[1]}</span>')
-    return " ".join(cells)
+    why = [f'<li>{html.escape(c["id"].split(".", 1)[1])}: {html.escape(c["reason"][:180])}</li>'
+           for c in results.get("checks", []) if c["category"] == cat and (c["status"] == "FAIL" or c.get("inconclusive"))]
+    return " ".join(cells) + (f'<ul class=why>{"".join(why)}</ul>' if why else "")
 
 
 def write_index(out: Path, all_results: List[dict], similar: List[dict]) -> None:
@@ -168,6 +173,7 @@ def write_index(out: Path, all_results: List[dict], similar: List[dict]) -> None
 body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px;vertical-align:top}}
 th{{background:#eee}} .n{{text-align:right;font-weight:bold}} .p{{background:#c8f0c8}} .f{{background:#f5b5b5}} .s{{background:#e0e0e0}} .i{{background:#ffe08a}}
 span{{padding:1px 3px;margin:1px;border-radius:3px;font-size:85%;display:inline-block}} .fl{{font-size:80%;max-width:28em}}
+.why{{font-size:75%;margin:3px 0 0 0;padding-left:1.2em;max-width:30em;color:#700}}
 </style></head><body><h1>hw2 (host_cpuid) grades: {len(all_results)} submissions</h1>
 <p>Report points are graded by a human (thumbnails link to the pages). Cells: green PASS, red FAIL, grey SKIP
 (a prerequisite failed), amber SKIP that was the machine's doing (points withheld, rerun to regrade); hover for the reason. <a href="grades.csv">grades.csv</a></p>

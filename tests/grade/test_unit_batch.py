@@ -126,3 +126,15 @@ def test_a_timeout_is_checked_against_the_machine(tmp_path, monkeypatch):
     c.machine_check = machine_broken
     with pytest.raises(GradeInfraError):
         grader.run_matrix(c, tmp_path, diffs, ev, tmp_path / "sub" / "pairings")
+
+
+def test_failed_checks_are_readable_without_hovering(tmp_path):
+    r = {"id": "g1", "status": "graded", "mode": "full", "flags": [], "problems": [],
+         "scores": {"hypercall": {"points": 28}, "syscall": {"points": 40}, "report": {"points": 0}},
+         "checks": [{"id": "hc.pinned", "category": "hypercall", "status": "FAIL", "reason": "vCPU0 answered 0"},
+                    {"id": "hc.range", "category": "hypercall", "status": "PASS", "reason": "ok"},
+                    {"id": "e2e.works", "category": None, "status": "FAIL", "reason": "wrong-pcpu"}]}
+    assert outputs.row(r)["flags"] == "failed: hc.pinned"          # informational checks carry no blame
+    outputs.write_index(tmp_path, [r], [])
+    page = (tmp_path / "index.html").read_text()
+    assert "<li>pinned: vCPU0 answered 0</li>" in page

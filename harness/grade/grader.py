@@ -175,6 +175,15 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
             r.why += f" (the reference pairing, run right after on this machine, came up: {seen})"
         return r
 
+    def failed_before(name: str, role: str) -> Optional[PairingResult]:
+        """A student's half that did not build in the e2e pairing fails the same way in its
+        own pairing: not built again (a failed build is not cached, and costs minutes)."""
+        e = pairings.get("e2e")
+        if e is None or e.status not in ("patch-failed", "build-failed") or e.failed_role != role:
+            return None
+        ctx.progress(f"pairing {name}: not run, the student's {role} kernel already failed in pairing e2e")
+        return dataclasses.replace(e, name=name, why=e.why + " (in pairing e2e; the same build, not repeated)")
+
     traced = None
     if usable["host"] and usable["guest"]:
         pairings["e2e"] = go(Pairing("e2e", student["host"], student["guest"], ("host", "guest")))
@@ -183,7 +192,9 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
             traced = t[0]
             traced.source = "L1 trace (student x student)"
             recheck(pairings["e2e"], traced)
-    if usable["guest"]:
+    if usable["guest"] and failed_before("syscall", "guest"):
+        pairings["syscall"] = failed_before("syscall", "guest")
+    elif usable["guest"]:
         gid = traced or guest_call_id(evidence["guest"], prof.hvc_func_id)
         if gid.imm == 0 and traced:
             gid = CallId(gid.func, None, gid.source)  # keyed on x0: any immediate
@@ -201,7 +212,9 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
             traced = t[0]
         pairings["syscall"] = r
         learned["syscall_host_answers"] = gid.to_dict()
-    if usable["host"]:
+    if usable["host"] and failed_before("hypercall", "host"):
+        pairings["hypercall"] = failed_before("hypercall", "host")
+    elif usable["host"]:
         hid = traced or host_call_id(evidence["host"], evidence["guest"], prof.hvc_func_id)
         hid = CallId(hid.func if hid.func is not None else 0, hid.imm or 0, hid.source)
         pairings["hypercall"] = go(Pairing("hypercall", student["host"], "grading", ("host",),

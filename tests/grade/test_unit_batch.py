@@ -138,3 +138,23 @@ def test_failed_checks_are_readable_without_hovering(tmp_path):
     outputs.write_index(tmp_path, [r], [])
     page = (tmp_path / "index.html").read_text()
     assert "<li>pinned: vCPU0 answered 0</li>" in page
+
+
+def test_a_half_that_failed_to_build_is_not_built_again(tmp_path, monkeypatch):
+    from harness.grade import grader
+    from harness.grade.diffcheck import DiffReport
+    from harness.grade.pairing import PairingResult
+
+    ran = []
+
+    def fake(base, p, prof, out_dir, progress):
+        ran.append(p.name)
+        if p.name == "e2e":
+            return PairingResult("e2e", "build-failed", failed_role="guest", why="guest kernel does not build: x")
+        return PairingResult(p.name, "ran", summary={"scenarios": []})
+
+    monkeypatch.setattr(grader, "run_pairing", fake)
+    pairings, _ = grader.run_matrix(ctx(tmp_path), tmp_path, {r: DiffReport(r) for r in ("host", "guest")},
+                                    {"host": {}, "guest": {}}, tmp_path / "p")
+    assert ran == ["e2e", "hypercall"]
+    assert pairings["syscall"].status == "build-failed" and "not repeated" in pairings["syscall"].why

@@ -168,6 +168,9 @@ def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[in
         try:
             r = grade(p, sid, ctx)
         except GradeInfraError as e:
+            if ctx.cancelled.is_set():
+                ctx.progress(f"{sid}: not graded ({e.message})")
+                return
             r = {"id": sid, "status": "infra-error", "error": e.message, "origin": str(p)}
             (out / "submissions" / sid).mkdir(parents=True, exist_ok=True)
             (out / "submissions" / sid / "results.json").write_text(json.dumps(r, indent=1))
@@ -180,8 +183,17 @@ def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[in
             results.append(r)
             ctx.progress(f"{sid}: {outputs.row(r)}")
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         list(pool.map(one, mine))
+    except BaseException:
+        # Ctrl-C/SIGTERM reach the main thread only: the workers must stop too, and what
+        # they were running when the machine was taken away is not graded (a rerun resumes)
+        ctx.cancelled.set()
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     finish(out, results, ctx.profile.directory, corpus, threshold)
     if stop.is_set():
         bad = next(r for r in results if r["status"] == "infra-error")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ class Context:
     # after a pairing timed out: does the reference pairing still work on this machine?
     # (raises GradeInfraError when not; returns what it saw).  None: not checked
     machine_check: Optional[Callable[[str], str]] = None
+    # set when the batch is interrupted (Ctrl-C, SIGTERM): a pairing that ends after it is
+    # the machine's doing, never the submission's; nothing more is graded
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 def sub_dir_for(ctx: Context, sub_id: str) -> Path:
@@ -164,7 +168,12 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
     def go(p: Pairing) -> PairingResult:
         ctx.progress(f"pairing {p.name}: host {Path(p.host).name if p.host != 'grading' else 'grading'} x guest "
                      f"{Path(p.guest).name if p.guest != 'grading' else 'grading'} ({p.l1_append} | {p.l2_append})")
+        if ctx.cancelled.is_set():
+            raise GradeInfraError(f"pairing {p.name}: the batch was interrupted", stage="interrupted")
         r = run_pairing(ctx.base, p, prof.name, out_dir, ctx.progress)
+        if ctx.cancelled.is_set():
+            raise GradeInfraError(f"pairing {p.name}: the batch was interrupted while it ran ({r.status}); "
+                                  "not graded", stage="interrupted")
         if r.status == "infra":
             raise GradeInfraError(f"pairing {p.name}: {r.why}", stage="pairing")
         if (r.error or {}).get("error") == "StageTimeout" and ctx.machine_check is not None:

@@ -158,3 +158,22 @@ def test_a_half_that_failed_to_build_is_not_built_again(tmp_path, monkeypatch):
                                     {"host": {}, "guest": {}}, tmp_path / "p")
     assert ran == ["e2e", "hypercall"]
     assert pairings["syscall"].status == "build-failed" and "not repeated" in pairings["syscall"].why
+
+
+def test_an_interrupted_pairing_is_not_graded(tmp_path, monkeypatch):
+    """Ctrl-C stops QEMU under a running pairing: what it reports then is not the student's."""
+    from harness.grade import grader
+    from harness.grade.diffcheck import DiffReport
+    from harness.grade.errors import GradeInfraError
+    from harness.grade.pairing import PairingResult
+
+    c = ctx(tmp_path)
+
+    def interrupted(base, p, prof, out_dir, progress):
+        c.cancelled.set()           # what the main thread does on KeyboardInterrupt
+        return PairingResult(p.name, "boot-failed", why="l1-boot: QEMU exited")
+
+    monkeypatch.setattr(grader, "run_pairing", interrupted)
+    with pytest.raises(GradeInfraError, match="interrupted"):
+        grader.run_matrix(c, tmp_path, {r: DiffReport(r) for r in ("host", "guest")}, {"host": {}, "guest": {}},
+                          tmp_path / "p")

@@ -143,7 +143,7 @@ def host_returning(profile: str, expr: str, func: Optional[str] = None, pre: str
     p = ref(profile, "kvm.patch")
     if func is not None:
         p = edit(p, REF_DEFINE[profile], f"+#define KVM_HOST_CPUID_FUNC_ID {func}")
-    lines = [f"+\t\t{x}" for x in pre.split(";") if x.strip()] + [f"+\t\t{VAL[profile]} = {expr};"] + \
+    lines = [f"+\t\t{x.strip()};" for x in pre.split(";") if x.strip()] + [f"+\t\t{VAL[profile]} = {expr};"] + \
             [f"+\t\t{x.strip()};" for x in post.split(";") if x.strip()]
     old = REF_RET[profile] + ("" if brk else "\n+\t\tbreak;")
     p = edit(p, old, "\n".join(lines))

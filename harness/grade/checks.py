@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..trace import classify_ret
@@ -84,6 +85,16 @@ def _failure_checks(res: PairingResult, ids: List[str], build_id: str, boot_ids:
     return out
 
 
+def l2_cpu_lines(run_dir: Optional[str]) -> List[str]:
+    """L2's console lines about its CPUs coming up (a host that breaks PSCI CPU_ON shows here)."""
+    try:
+        text = (Path(run_dir) / "l2-console.log").read_text(errors="replace") if run_dir else ""
+    except OSError:
+        return []
+    pat = re.compile(r"CPU\d+: failed|failed to boot CPU|psci: .*(fail|error)|smp: Brought up", re.I)
+    return [ln.strip() for ln in text.splitlines() if pat.search(ln)][:5]
+
+
 def kernel_lines(summary: dict, where: str) -> List[str]:
     return [f["line"] for f in summary.get("kernel_log_findings", []) or [] if f.get("where", "").startswith(where)]
 
@@ -116,14 +127,17 @@ def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, 
     scen = {sc["name"]: sc for sc in s.get("scenarios", []) or []}
     vcpus_seen = sorted({v for sc in scen.values() for st in sc["per_vcpu"].values() for v in st.get("observed_vcpus", [])})
     if res.status == "run-failed":
-        out["hc.l2_vcpus"] = Check("hc.l2_vcpus", FAIL, res.why, [res.why])
+        out["hc.l2_vcpus"] = Check("hc.l2_vcpus", FAIL, res.why, [res.why] + l2_cpu_lines(res.run_dir))
     else:
         want = sorted({int(v) for sc in scen.values() for v in sc["per_vcpu"]})
         ok = set(want) <= set(vcpus_seen)
         out["hc.l2_vcpus"] = Check("hc.l2_vcpus", PASS if ok else FAIL,
                                    f"the workload ran on vCPUs {vcpus_seen}" + ("" if ok else f", wanted {want}"))
     allrets = [r for sc in res.rets.values() for rets in sc.values() for r in rets]
-    if not allrets:
+    if res.status == "run-failed" and not res.rets:
+        for i in ("hc.range", "hc.pinned", "hc.ground_truth"):
+            out[i] = Check(i, SKIP, "prerequisite hc.l2_vcpus failed: the workload could not run")
+    elif not allrets:
         out.setdefault("hc.range", Check("hc.range", SKIP, "no samples"))
     else:
         bad = [r for r in allrets if not 0 <= signed(r) < l1_cpus]
@@ -131,7 +145,9 @@ def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, 
                                 f"{len(bad)} of {len(allrets)} answers outside [0, {l1_cpus})" if bad
                                 else f"all {len(allrets)} answers in [0, {l1_cpus})", [describe_values(allrets)])
     pinned = res.rets.get("pinned", {})
-    if not pinned:
+    if "hc.pinned" in out:
+        pass
+    elif not pinned:
         out["hc.pinned"] = Check("hc.pinned", SKIP, "the pinned scenario has no trace")
     else:
         fails, ev = [], []
@@ -154,7 +170,7 @@ def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, 
                 fails.append(line + hint)
         out["hc.pinned"] = Check("hc.pinned", FAIL if fails else PASS,
                                  "; ".join(fails) if fails else "each pinned vCPU answered its pCPU on every call", ev)
-    out["hc.ground_truth"] = ground_truth_check(scen.get("loaded"))
+    out.setdefault("hc.ground_truth", ground_truth_check(scen.get("loaded")))
     lines = kernel_lines(s, "l1")
     out["hc.kernel_clean"] = Check("hc.kernel_clean", FAIL if lines else PASS,
                                    (name_bug(lines) + lines[0]) if lines else "no BUG:/WARNING:/Oops in L1",

@@ -147,6 +147,18 @@ def test_l2_that_does_not_boot_fails_l2_vcpus_not_l1():
     assert c["hc.l1_nvhe"].status == "FAIL" and c["hc.l2_vcpus"].status == "SKIP"
 
 
+def test_host_that_breaks_psci_fails_l2_vcpus_with_l2s_own_lines(tmp_path):
+    (tmp_path / "l2-console.log").write_text("[    0.56] psci: failed to boot CPU1 (-22)\n"
+                                             "[    0.56] CPU1: failed to boot: -22\n[    0.57] other\n")
+    res = PairingResult("hypercall", "run-failed", run_dir=str(tmp_path),
+                        why="scenario pinned: workload on vCPU 1 exited 3: cannot pin to vCPU 1: Invalid argument",
+                        summary={"timings": {"l1_ssh_s": 9}, "scenarios": []})
+    c = chk.hypercall_checks(res, 4, PIN)
+    assert c["hc.l2_vcpus"].status == "FAIL" and "[    0.56] CPU1: failed to boot: -22" in c["hc.l2_vcpus"].evidence
+    assert all(c[i].reason.startswith("prerequisite hc.l2_vcpus failed") for i in ("hc.range", "hc.pinned",
+                                                                                   "hc.ground_truth"))
+
+
 def test_syscall_value_truncation_and_enosys():
     good = [(HI_TAG << 32) | 3] * 4
     res = result({"pinned": {"0": good, "1": [(HI_TAG << 32) | 2] * 4}})

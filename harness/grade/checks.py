@@ -346,7 +346,7 @@ def value_check(res: PairingResult, pin: Dict[int, int]) -> Check:
                 hint = ": the upper 32 bits were lost (truncated to 32 bits)"
             elif rets and all(signed(r) == -1 for r in rets):
                 hint = ": the host did not recognise the call (function ID/immediate differ from the one used)"
-            fails.append(f"vCPU{v}{hint or ': not the host answer'}")
+            fails.append(f"vCPU{v}{hint or f': user space got {describe_values(rets, 2)}, not the host answer {hex(want)}'}")
     return Check("sc.value", FAIL if fails else PASS, "; ".join(fails) if fails else
                  "the host's 64-bit answer reached user space unchanged on every call", ev)
 

@@ -36,24 +36,27 @@ def _config(args) -> config.Config:
         sets += ["kernel.source=git", "kernel.git=" + json.dumps({"url": url, "ref": args.kernel_ref})]
     elif args.kernel_ref:
         raise config.ConfigError("--kernel-ref goes with --kernel-git URL")
-    if args.kvm_patch:
+    if getattr(args, "kvm_patch", None):
         sets.append(f"patches.host={json.dumps(str(Path(args.kvm_patch).resolve()))}")
-    if args.vm_patch:
+    if getattr(args, "vm_patch", None):
         sets.append(f"patches.guest={json.dumps(str(Path(args.vm_patch).resolve()))}")
     if getattr(args, "output", None):
         sets.append(f"output={json.dumps(str(args.output))}")
     return config.override(cfg, sets) if sets else cfg
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, patches: bool = True) -> None:
+    """Options shared by the commands; ``patches=False`` for grade, whose patches come from
+    the submissions (a --kvm-patch there would be silently ignored)."""
     p.add_argument("-c", "--config", help=f"YAML config (default: {config.DEFAULT_CONFIG.relative_to(config.REPO)})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set l1.cpus=4 --set scenarios[...]: repeatable")
     p.add_argument("--kernel-tree", metavar="PATH", help=f"use this kernel tree (or set ${ENV_TREE})")
     p.add_argument("--kernel-git", metavar="URL", help="use this git repository (with --kernel-ref)")
     p.add_argument("--kernel-ref", metavar="REF", help="tag, branch or commit of --kernel-git, e.g. v5.4")
-    p.add_argument("--kvm-patch", metavar="FILE", help="host patch (default: the profile's reference)")
-    p.add_argument("--vm-patch", metavar="FILE", help="guest patch (default: the profile's reference)")
+    if patches:
+        p.add_argument("--kvm-patch", metavar="FILE", help="host patch (default: the profile's reference)")
+        p.add_argument("--vm-patch", metavar="FILE", help="guest patch (default: the profile's reference)")
 
 
 def cmd_run(args) -> int:

@@ -41,6 +41,9 @@ class KernelConfig:
     jobs: int = 0  # 0 = number of CPUs
     ccache: bool = True
     sandbox: bool = False  # build under bubblewrap (no network, writes to the worktree only)
+    # sandboxed builds use this ccache directory instead of the shared one, so untrusted code
+    # cannot poison objects that later trusted builds reuse (kvm-harness grade: one per batch)
+    sandbox_ccache: Optional[str] = None
 
     def validate(self, where: str) -> None:
         if self.source not in ("debian", "path", "git"):

@@ -134,13 +134,15 @@ class Builder:
     """Builds kernels for one source tree and profile."""
 
     def __init__(self, source: SourceTree, profile: Profile, jobs: int = 0, use_ccache: bool = True,
-                 progress: Progress = print, sandboxed: bool = False):
+                 progress: Progress = print, sandboxed: bool = False, sandbox_ccache: Optional[Path] = None):
         self.source = source
         self.profile = profile
         self.jobs = jobs or os.cpu_count() or 2
         self.use_ccache = use_ccache and shutil.which("ccache") is not None
         self.progress = progress
         self.sandboxed = sandboxed  # untrusted patches: make runs under bubblewrap (harness/sandbox.py)
+        # the ccache make uses: sandboxed builds may get their own (the shared one stays trusted)
+        self.ccache_dir = Path(sandbox_ccache) if sandboxed and sandbox_ccache else cache.cache_root() / "ccache"
         self.fragments = fragments_text(source, profile)
         self.cc_version = compiler_version()
         if not self.cc_version:
@@ -169,14 +171,14 @@ class Builder:
             return argv
         from . import sandbox
 
-        return sandbox.confine(argv, writable=[self.work, cache.cache_root() / "ccache"])
+        return sandbox.confine(argv, writable=[self.work, self.ccache_dir])
 
     def make_env(self) -> Dict[str, str]:
         env = {"KBUILD_BUILD_USER": "harness", "KBUILD_BUILD_HOST": "harness",
                "KBUILD_BUILD_TIMESTAMP": "1970-01-01", "LC_ALL": "C"}
         if self.use_ccache:
             env.update({
-                "CCACHE_DIR": str(cache.cache_root() / "ccache"),
+                "CCACHE_DIR": str(self.ccache_dir),
                 "CCACHE_BASEDIR": str(cache.cache_root()),
                 "CCACHE_NOHASHDIR": "1",
                 "CCACHE_DEPEND": "1",

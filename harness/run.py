@@ -78,7 +78,7 @@ def prepare(cfg: Config, log_dir: Path, progress: Progress = print) -> Artefacts
     guest_patch = load_patch(cfg.patches.guest, "guest", profile, cfg)
     t["source"] = time.monotonic() - t0
     builder = kbuild.Builder(src, profile, jobs=cfg.kernel.jobs, use_ccache=cfg.kernel.ccache, progress=progress,
-                             sandboxed=cfg.kernel.sandbox)
+                             sandboxed=cfg.kernel.sandbox, sandbox_ccache=cfg.kernel.sandbox_ccache)
     t0 = time.monotonic()
     host = builder.build("host", host_patch, log_dir)
     t["host_kernel"] = time.monotonic() - t0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .. import sandbox, sources
-from ..config import Config
+from ..config import Config, override
 from ..errors import HarnessError
 from ..machine import QEMU
 from ..profiles import select
@@ -83,18 +83,56 @@ def preflight(cfg: Config, out: Path, full: bool, progress: Progress) -> List[st
     return done
 
 
-def reference_run(ctx: Context) -> dict:
+def reference_run(ctx: Context, name: str = "reference") -> dict:
     """Grading host x grading guest: L1 must boot with KVM in nVHE mode and answer."""
-    res = run_pairing(ctx.base, Pairing("reference", "grading", "grading", ()), ctx.profile.name,
+    res = run_pairing(ctx.base, Pairing(name, "grading", "grading", ()), ctx.profile.name,
                       ctx.out / "preflight", ctx.progress)
     if res.status != "ran" or res.summary.get("verdict") != "ok":
         raise GradeInfraError(f"the reference pairing does not work on this machine ({res.status}: "
                               f"{res.why or res.summary.get('verdict')}); nobody is graded",
-                              log=ctx.out / "preflight" / "reference" / "summary.json")
+                              log=ctx.out / "preflight" / name / "summary.json")
     return {"verdict": res.summary.get("verdict"), "timings": res.summary.get("timings")}
 
 
+def machine_check(ctx: Context, tag: str) -> str:
+    """The reference pairing again (after a student's pairing timed out)."""
+    r = reference_run(ctx, f"recheck-{tag}")
+    t = r.get("timings") or {}
+    return f"verdict {r['verdict']}, L1 SSH {t.get('l1_ssh_s')} s, L2 SSH {t.get('l2_ssh_s')} s"
+
+
+SEED_MAX_GB = 4
+
+
+def batch_ccache(out: Path, progress: Progress = print) -> Path:
+    """The batch's own ccache for sandboxed (students') builds: seeded once with a copy of
+    the shared one (so a build still hits what trusted builds compiled), then written only
+    by this batch.  A submission can at worst poison objects for later submissions of the
+    same batch, never the shared cache that reference and later batches use."""
+    from .. import cache
+
+    d = out / ".ccache"
+    if d.is_dir():
+        return d
+    shared = cache.cache_root() / "ccache"
+    tmp = out / ".ccache.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    size = sum(f.stat().st_size for f in shared.rglob("*") if f.is_file()) if shared.is_dir() else 0
+    if 0 < size <= SEED_MAX_GB << 30:
+        progress(f"seeding the batch's ccache from the shared one ({size / 2**20:.0f} MiB)")
+        subprocess.run(["cp", "-a", "--reflink=auto", str(shared), str(tmp)], check=True)
+        shutil.rmtree(tmp / "tmp", ignore_errors=True)
+    else:
+        tmp.mkdir(parents=True)
+    tmp.rename(d)
+    return d
+
+
 def make_context(cfg: Config, rubric: Rubric, out: Path, run_pairings: bool, progress: Progress) -> Context:
+    if run_pairings and cfg.kernel.sandbox and not cfg.kernel.sandbox_ccache:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = override(cfg, [f"kernel.sandbox_ccache={json.dumps(str(batch_ccache(out, progress)))}"])
     try:
         src = sources.resolve(cfg, out / "logs", progress)
     except HarnessError as e:
@@ -102,8 +140,10 @@ def make_context(cfg: Config, rubric: Rubric, out: Path, run_pairings: bool, pro
             raise
         raise GradeInfraError(f"kernel source: {e.message}") from None
     profile = select(src.version, cfg.kernel.profile)
-    return Context(base=cfg, profile=profile, tree=src.root, rubric=rubric, out=out, run_pairings=run_pairings,
-                   progress=progress)
+    ctx = Context(base=cfg, profile=profile, tree=src.root, rubric=rubric, out=out, run_pairings=run_pairings,
+                  progress=progress)
+    ctx.machine_check = lambda tag: machine_check(ctx, tag)
+    return ctx
 
 
 def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[int, int] = (1, 1),
@@ -128,6 +168,9 @@ def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[in
         try:
             r = grade(p, sid, ctx)
         except GradeInfraError as e:
+            if ctx.cancelled.is_set():
+                ctx.progress(f"{sid}: not graded ({e.message})")
+                return
             r = {"id": sid, "status": "infra-error", "error": e.message, "origin": str(p)}
             (out / "submissions" / sid).mkdir(parents=True, exist_ok=True)
             (out / "submissions" / sid / "results.json").write_text(json.dumps(r, indent=1))
@@ -140,8 +183,17 @@ def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[in
             results.append(r)
             ctx.progress(f"{sid}: {outputs.row(r)}")
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         list(pool.map(one, mine))
+    except BaseException:
+        # Ctrl-C/SIGTERM reach the main thread only: the workers must stop too, and what
+        # they were running when the machine was taken away is not graded (a rerun resumes)
+        ctx.cancelled.set()
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     finish(out, results, ctx.profile.directory, corpus, threshold)
     if stop.is_set():
         bad = next(r for r in results if r["status"] == "infra-error")

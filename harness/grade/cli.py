@@ -24,7 +24,7 @@ def add_parsers(sub, common) -> None:
     g.add_argument("--corpus", help="folder of known solutions (*.patch) to compare against")
     g.add_argument("--threshold", type=float, default=similarity.THRESHOLD, help="similarity listing threshold")
     g.add_argument("--static-only", action="store_true", help="intake, report and static evidence only (no builds/boots)")
-    common(g)
+    common(g, patches=False)
     g.set_defaults(func=cmd_grade)
     m = sub.add_parser("grade-merge", help="merge the outputs of grade --shard runs")
     m.add_argument("dirs", nargs="+")

@@ -4,7 +4,9 @@ the submission's own faults; an infrastructure failure raises GradeInfraError so
 batch can tell it apart (and the submission is graded again on the next run)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,12 @@ class Context:
     run_pairings: bool = True         # False: intake + static only (no builds, no boots)
     progress: Progress = print
     timings: Dict[str, float] = field(default_factory=dict)
+    # after a pairing timed out: does the reference pairing still work on this machine?
+    # (raises GradeInfraError when not; returns what it saw).  None: not checked
+    machine_check: Optional[Callable[[str], str]] = None
+    # set when the batch is interrupted (Ctrl-C, SIGTERM): a pairing that ends after it is
+    # the machine's doing, never the submission's; nothing more is graded
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 def sub_dir_for(ctx: Context, sub_id: str) -> Path:
@@ -46,8 +54,9 @@ def previous(ctx: Context, sub_id: str, digest: str) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     if res.get("format") == RESULTS_FORMAT and res.get("digest") == digest and res.get("status") == "graded" \
-            and res.get("mode") == ("full" if ctx.run_pairings else "static"):
-        return res
+            and res.get("mode") == ("full" if ctx.run_pairings else "static") \
+            and not any(c.get("inconclusive") for c in res.get("checks", [])):
+        return res  # (a check the machine left inconclusive is graded again)
     return None
 
 
@@ -92,7 +101,9 @@ def grade(path: Path, sub_id: str, ctx: Context) -> dict:
     pairings: Dict[str, PairingResult] = {}
     learned: Dict[str, dict] = {}
     if ctx.run_pairings:
-        pairings, learned = run_matrix(ctx, work, diffs, evidence, sdir / "pairings")
+        # with -j N several submissions print at once: every line names its submission
+        mine = dataclasses.replace(ctx, progress=lambda m: ctx.progress(f"{sub_id}: {m}"))
+        pairings, learned = run_matrix(mine, work, diffs, evidence, sdir / "pairings")
     checks: Dict[str, chk.Check] = {}
     if ctx.run_pairings:
         why_h = _unusable(diffs["host"], "kvm.patch")
@@ -157,10 +168,30 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
     def go(p: Pairing) -> PairingResult:
         ctx.progress(f"pairing {p.name}: host {Path(p.host).name if p.host != 'grading' else 'grading'} x guest "
                      f"{Path(p.guest).name if p.guest != 'grading' else 'grading'} ({p.l1_append} | {p.l2_append})")
+        if ctx.cancelled.is_set():
+            raise GradeInfraError(f"pairing {p.name}: the batch was interrupted", stage="interrupted")
         r = run_pairing(ctx.base, p, prof.name, out_dir, ctx.progress)
+        if ctx.cancelled.is_set():
+            raise GradeInfraError(f"pairing {p.name}: the batch was interrupted while it ran ({r.status}); "
+                                  "not graded", stage="interrupted")
         if r.status == "infra":
             raise GradeInfraError(f"pairing {p.name}: {r.why}", stage="pairing")
+        if (r.error or {}).get("error") == "StageTimeout" and ctx.machine_check is not None:
+            # a timeout may be the machine's (overloaded) rather than the kernel's: the
+            # reference pairing must still come up now, or nobody is graded as failing
+            ctx.progress(f"pairing {p.name} timed out ({r.why}): checking the machine with the reference pairing")
+            seen = ctx.machine_check(f"{out_dir.parent.name}-{p.name}")
+            r.why += f" (the reference pairing, run right after on this machine, came up: {seen})"
         return r
+
+    def failed_before(name: str, role: str) -> Optional[PairingResult]:
+        """A student's half that did not build in the e2e pairing fails the same way in its
+        own pairing: not built again (a failed build is not cached, and costs minutes)."""
+        e = pairings.get("e2e")
+        if e is None or e.status not in ("patch-failed", "build-failed") or e.failed_role != role:
+            return None
+        ctx.progress(f"pairing {name}: not run, the student's {role} kernel already failed in pairing e2e")
+        return dataclasses.replace(e, name=name, why=e.why + " (in pairing e2e; the same build, not repeated)")
 
     traced = None
     if usable["host"] and usable["guest"]:
@@ -170,7 +201,9 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
             traced = t[0]
             traced.source = "L1 trace (student x student)"
             recheck(pairings["e2e"], traced)
-    if usable["guest"]:
+    if usable["guest"] and failed_before("syscall", "guest"):
+        pairings["syscall"] = failed_before("syscall", "guest")
+    elif usable["guest"]:
         gid = traced or guest_call_id(evidence["guest"], prof.hvc_func_id)
         if gid.imm == 0 and traced:
             gid = CallId(gid.func, None, gid.source)  # keyed on x0: any immediate
@@ -188,7 +221,9 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
             traced = t[0]
         pairings["syscall"] = r
         learned["syscall_host_answers"] = gid.to_dict()
-    if usable["host"]:
+    if usable["host"] and failed_before("hypercall", "host"):
+        pairings["hypercall"] = failed_before("hypercall", "host")
+    elif usable["host"]:
         hid = traced or host_call_id(evidence["host"], evidence["guest"], prof.hvc_func_id)
         hid = CallId(hid.func if hid.func is not None else 0, hid.imm or 0, hid.source)
         pairings["hypercall"] = go(Pairing("hypercall", student["host"], "grading", ("host",),

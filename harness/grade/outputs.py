@@ -31,6 +31,14 @@ def row(results: dict) -> Dict[str, str]:
     if results.get("mode") == "static":
         return {"submission": results["id"], "hypercall": "", "syscall": "", "report": "", "total": "",
                 "flags": "; ".join(["static only: not built or booted"] + flags)}
+    withheld = [c for cat in ("hypercall", "syscall") for c in (sc.get(cat) or {}).get("inconclusive", [])]
+    if withheld:
+        pts = sum((sc.get(cat) or {}).get("inconclusive_points", 0) for cat in ("hypercall", "syscall"))
+        flags.insert(0, f"INCONCLUSIVE (the machine's, not the student's): {', '.join(withheld)} "
+                        f"({_fmt(float(pts))} points withheld); rerun the batch to regrade")
+    failed = [c["id"] for c in results.get("checks", []) if c["status"] == "FAIL" and c.get("category")]
+    if failed:
+        flags.append("failed: " + ", ".join(failed))
     auto_report = (sc.get("report") or {}).get("points", 0.0)
     total = sum((sc.get(c) or {}).get("points", 0.0) for c in ("hypercall", "syscall")) + auto_report
     return {"submission": results["id"], "hypercall": _fmt((sc.get("hypercall") or {}).get("points")),
@@ -67,8 +75,13 @@ def markdown(results: dict, rubric: Rubric) -> str:
     sc = r.get("scores") or {}
     for cat in ("hypercall", "syscall", "report"):
         s = sc.get(cat) or {}
+        if s.get("manual_reserved") and s.get("manual_reserved") >= (s.get("max") or 0):
+            out.append(f"- **{cat}**: to be graded by a human (/ {_fmt(s.get('max'))})")
+            continue
         manual = f" (+ {s.get('manual_reserved'):g} graded by a human)" if s.get("manual_reserved") else ""
-        out.append(f"- **{cat}**: {_fmt(s.get('points'))} / {_fmt(s.get('max'))}{manual}")
+        withheld = (f"; {_fmt(float(s['inconclusive_points']))} withheld, inconclusive: {', '.join(s['inconclusive'])}"
+                    if s.get("inconclusive") else "")
+        out.append(f"- **{cat}**: {_fmt(s.get('points'))} / {_fmt(s.get('max'))}{manual}{withheld}")
     out += ["", f"Profile {r.get('profile')} (syscall {r.get('syscall_nr')}); learned: "
             + (json.dumps(r.get("learned")) if r.get("learned") else "nothing (no pairing ran)"), ""]
     if r.get("flags") or r.get("problems"):
@@ -127,10 +140,12 @@ def _status_cell(results: dict, cat: str) -> str:
     cells = []
     for c in results.get("checks", []):
         if c["category"] == cat:
-            cls = {"PASS": "p", "FAIL": "f", "SKIP": "s"}[c["status"]]
+            cls = "i" if c.get("inconclusive") else {"PASS": "p", "FAIL": "f", "SKIP": "s"}[c["status"]]
             tip = html.escape(f"{c['id']}: {c['status']} - {c['reason']}", quote=True)
             cells.append(f'<span class="{cls}" title="{tip}">{c["id"].split(".", 1)[1]}</span>')
-    return " ".join(cells)
+    why = [f'<li>{html.escape(c["id"].split(".", 1)[1])}: {html.escape(c["reason"][:180])}</li>'
+           for c in results.get("checks", []) if c["category"] == cat and (c["status"] == "FAIL" or c.get("inconclusive"))]
+    return " ".join(cells) + (f'<ul class=why>{"".join(why)}</ul>' if why else "")
 
 
 def write_index(out: Path, all_results: List[dict], similar: List[dict]) -> None:
@@ -156,11 +171,12 @@ def write_index(out: Path, all_results: List[dict], similar: List[dict]) -> None
         f"<td><a href=\"{html.escape(s['view'])}\">side by side</a></td></tr>" for s in similar)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hw2 grades</title><style>
 body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px;vertical-align:top}}
-th{{background:#eee}} .n{{text-align:right;font-weight:bold}} .p{{background:#c8f0c8}} .f{{background:#f5b5b5}} .s{{background:#e0e0e0}}
+th{{background:#eee}} .n{{text-align:right;font-weight:bold}} .p{{background:#c8f0c8}} .f{{background:#f5b5b5}} .s{{background:#e0e0e0}} .i{{background:#ffe08a}}
 span{{padding:1px 3px;margin:1px;border-radius:3px;font-size:85%;display:inline-block}} .fl{{font-size:80%;max-width:28em}}
+.why{{font-size:75%;margin:3px 0 0 0;padding-left:1.2em;max-width:30em;color:#700}}
 </style></head><body><h1>hw2 (host_cpuid) grades: {len(all_results)} submissions</h1>
 <p>Report points are graded by a human (thumbnails link to the pages). Cells: green PASS, red FAIL, grey SKIP
-(hover for the reason). <a href="grades.csv">grades.csv</a></p>
+(a prerequisite failed), amber SKIP that was the machine's doing (points withheld, rerun to regrade); hover for the reason. <a href="grades.csv">grades.csv</a></p>
 <table><tr><th>submission</th><th>hypercall</th><th>checks</th><th>syscall</th><th>checks</th><th>report</th>
 <th>total (auto)</th><th>flags</th><th>evidence</th></tr>{''.join(rows)}</table>
 <h2>Similar pairs (added lines)</h2>

@@ -27,9 +27,22 @@ from ..trace import read_trace
 
 Progress = Callable[[str], None]
 HI_TAG = 0x5A5A          # the grading host's upper 32 bits in pairing "syscall"
-# function IDs that are not host_cpuid: SMCCC arch calls, PSCI, KVM's own vendor calls
-STANDARD_RANGES = ((0x80000000, 0x8000FFFF), (0x84000000, 0x8400001F), (0xC4000000, 0xC400001F),
+# function IDs that are not host_cpuid: SMCCC arch calls, the standard secure services
+# (PSCI, and TRNG: a 6.1 guest seeds its RNG with TRNG_RND64 = 0xc4000053), the standard
+# hypervisor services (paravirtualised time), KVM's own vendor calls
+STANDARD_RANGES = ((0x80000000, 0x8000FFFF), (0x84000000, 0x8400FFFF), (0xC4000000, 0xC400FFFF),
+                   (0x85000000, 0x8500FFFF), (0xC5000000, 0xC500FFFF),
                    (0x86000000, 0x86000000), (0xC6000000, 0xC6000001))
+LEARN_MIN = 0.5   # a call ID is learned from the trace only when issued at least this often per call
+
+
+VERDICT_TEXT = {
+    "ok": "every call answered the pCPU: pinned vCPUs their pCPU, every value the CPU that handled the HVC in L1",
+    "kernel-bug": "a kernel logged BUG:/WARNING:/Oops (see kernel_log_findings)",
+    "wrong-pcpu": "the values are not the pCPU running the vCPU (a pinned vCPU answered another pCPU, or the values "
+                  "disagree with the CPU that handled the HVC in L1)",
+    "hvc-mismatch": "L1's trace does not show exactly one hypercall with the learned call ID per call",
+}
 
 
 @dataclass
@@ -103,7 +116,14 @@ def recheck(r: PairingResult, cid: CallId) -> None:
     """The pairing's ground truth again, from its stored L1 traces, for the call ID learned
     from them (a student's own function ID or immediate)."""
     if r.run_dir and r.summary.get("scenarios"):
-        groundtruth.recheck_run(Path(r.run_dir), r.summary, groundtruth.CallKey(func_id=cid.func, imm=cid.imm))
+        key = groundtruth.CallKey(func_id=cid.func, imm=cid.imm)
+        groundtruth.recheck_run(Path(r.run_dir), r.summary, key)
+        # the run judged its trace with the reference's ID: its verdict changes with the key
+        before = r.summary.get("verdict")
+        r.summary["verdict"] = run.overall_verdict(r.summary["scenarios"], r.summary.get("kernel_log_findings") or [])
+        r.summary["verdict_text"] = VERDICT_TEXT.get(r.summary["verdict"], r.summary["verdict"])
+        r.summary["recheck"] = {"call_key": key.describe(), "source": cid.source, "verdict_before": before}
+        (Path(r.run_dir) / "summary.json").write_text(json.dumps(r.summary, indent=1, default=str))
 
 
 def _role_of(e: HarnessError, p: Pairing) -> Optional[str]:
@@ -171,13 +191,17 @@ def is_standard(func: int) -> bool:
 
 def issued_from_trace(summary: dict) -> Optional[Tuple[CallId, int]]:
     """The (function ID, immediate) the guest's workload issued, from L1's trace of
-    kvm_hvc_arm64 (scenario["hvc_calls"]): the most frequent non-standard one."""
+    kvm_hvc_arm64 (scenario["hvc_calls"]): the most frequent non-standard one, if it was
+    issued about once per call or more (a guest that never issues its hypercall must
+    not teach the grader some HVC the kernel made twice at boot)."""
     counts: Counter = Counter()
     seen = False
+    samples = 0
     for sc in summary.get("scenarios", []) or []:
         if "hvc_calls" not in sc:
             continue
         seen = True
+        samples += sum(int(st.get("samples") or 0) for st in (sc.get("per_vcpu") or {}).values())
         for c in sc["hvc_calls"]:
             f = int(str(c.get("func_id")), 0)
             if not is_standard(f):
@@ -185,6 +209,8 @@ def issued_from_trace(summary: dict) -> Optional[Tuple[CallId, int]]:
     if not seen or not counts:
         return None
     (f, imm), n = counts.most_common(1)[0]
+    if n < LEARN_MIN * samples:
+        return None
     return CallId(f, imm, "L1 trace"), n
 
 

@@ -143,7 +143,7 @@ def host_returning(profile: str, expr: str, func: Optional[str] = None, pre: str
     p = ref(profile, "kvm.patch")
     if func is not None:
         p = edit(p, REF_DEFINE[profile], f"+#define KVM_HOST_CPUID_FUNC_ID {func}")
-    lines = [f"+\t\t{x}" for x in pre.split(";") if x.strip()] + [f"+\t\t{VAL[profile]} = {expr};"] + \
+    lines = [f"+\t\t{x.strip()};" for x in pre.split(";") if x.strip()] + [f"+\t\t{VAL[profile]} = {expr};"] + \
             [f"+\t\t{x.strip()};" for x in post.split(";") if x.strip()]
     old = REF_RET[profile] + ("" if brk else "\n+\t\tbreak;")
     p = edit(p, old, "\n".join(lines))
@@ -219,7 +219,8 @@ def fixtures(profile: str) -> List[Fixture]:
         Fixture("good-getcpu", profile, host_returning(profile, "get_cpu()", post="put_cpu()"),
                 ref(profile, "vm.patch"), expect={"class": "correct", **full}),
         Fixture("bad-vcpuid", profile, host_returning(profile, "vcpu->vcpu_id", func="8"), good_vm,
-                expect={"class": "hypercall-wrong", "fails": ["hc.pinned"], "syscall": 40}, e2e=True),
+                expect={"class": "hypercall-wrong", "fails": ["hc.pinned", "hc.ground_truth"], "hypercall": 22,
+                        "syscall": 40}, e2e=True),
         Fixture("bad-const", profile, host_returning(profile, "1", func="8"), good_vm,
                 expect={"class": "hypercall-wrong", "fails": ["hc.pinned"], "syscall": 40}),
         Fixture("bad-fallthrough", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", brk=False), ref(profile, "vm.patch"),
@@ -239,7 +240,8 @@ SYSCALL_DEFINE0(host_cpuid)
 {
 	return raw_smp_processor_id();
 }
-"""), expect={"class": "syscall-wrong", "fails": ["sc.value"], "hypercall": 40}, e2e=True),
+"""), expect={"class": "syscall-wrong", "fails": ["sc.one_hvc", "sc.value"], "hypercall": 40, "syscall": 18},
+            e2e=True),
         Fixture("bad-nr", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", func="8"),
                 edit(edit(good_vm, f"+#define __NR_host_cpuid {nr}", f"+#define __NR_host_cpuid {nr + 1}"),
                      f"+#define __NR_syscalls {nr + 1}", f"+#define __NR_syscalls {nr + 2}"),

@@ -87,3 +87,12 @@ def test_fixtures_apply_to_54(tree54):
         for role, text in (("host", f.kvm), ("guest", f.vm)):
             d = diffcheck.check(text.encode(), role, tree54)
             assert d.apply != "fails" or (f.name, role) == ("bad-apply", "guest"), (f.name, role, d.apply_detail)
+
+
+def test_bad_preempt_fixture_is_valid_c_that_leaves_preemption_disabled():
+    # it once lacked the ';' and failed to build: graded hc.builds, not the preemption bug it is about
+    from tests.grade.fixtures import fixtures
+
+    for prof in ("6.1", "5.4"):
+        kvm = {f.name: f for f in fixtures(prof)}["bad-preempt"].kvm
+        assert "+\t\tpreempt_disable();\n" in kvm and "preempt_enable" not in kvm

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from harness import config
-from harness.grade import batch, rubric
+from harness.grade import batch, outputs, rubric
 from harness.grade.grader import Context
 from harness.profiles import all_profiles
 from tests.grade.fixtures import bad_zips, fixtures, make_zip
@@ -77,3 +77,102 @@ def test_static_with_tree_names_the_patch_that_does_not_apply(inbox, tmp_path, t
     assert c["sc.builds"]["status"] == "FAIL" and "unistd.h" in c["sc.builds"]["reason"]
     r = json.loads((out / "submissions" / "good-id8" / "results.json").read_text())
     assert {c["id"]: c for c in r["checks"]}["sc.builds"]["status"] == "SKIP"
+
+
+def test_inconclusive_check_is_flagged_and_regraded(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    f = fixtures("6.1")[0]
+    make_zip(d / f"{f.name}_hw2.zip", f.files())
+    out = tmp_path / "out"
+    batch.grade_batch([d], ctx(out))
+    p = out / "submissions" / f.name / "results.json"
+    r = json.loads(p.read_text())
+    r["checks"][0]["inconclusive"] = True
+    r["scores"]["hypercall"].update(inconclusive=["hc.ground_truth"], inconclusive_points=6)
+    r["mode"] = "static"
+    p.write_text(json.dumps(r))
+    row = outputs.row({**r, "mode": "full"})
+    assert row["flags"].startswith("INCONCLUSIVE (the machine's, not the student's): hc.ground_truth (6 points")
+    again = batch.grade_batch([d], ctx(out))
+    assert not again[0].get("resumed")      # the machine's gap is graded again, the rest resumes
+
+
+def test_a_timeout_is_checked_against_the_machine(tmp_path, monkeypatch):
+    """A pairing that timed out is the student's only if the reference pairing still comes
+    up right after; if the reference times out too, the machine is at fault (infra)."""
+    from harness.grade import grader
+    from harness.grade.diffcheck import DiffReport
+    from harness.grade.errors import GradeInfraError
+    from harness.grade.pairing import PairingResult
+
+    def timed_out(base, p, prof, out_dir, progress):
+        return PairingResult(p.name, "boot-failed", why="l2-ssh: L2 did not print ready within 120 s",
+                             error={"error": "StageTimeout", "stage": "l2-ssh"})
+
+    monkeypatch.setattr(grader, "run_pairing", timed_out)
+    c = ctx(tmp_path)
+    seen = []
+    c.machine_check = lambda tag: seen.append(tag) or "verdict ok, L1 SSH 7 s, L2 SSH 40 s"
+    diffs = {r: DiffReport(r) for r in ("host", "guest")}
+    ev = {"host": {}, "guest": {}}
+    pairings, _ = grader.run_matrix(c, tmp_path, diffs, ev, tmp_path / "sub" / "pairings")
+    assert len(seen) == 3 and "came up: verdict ok" in pairings["hypercall"].why
+
+    def machine_broken(tag):
+        raise GradeInfraError("the reference pairing does not work on this machine")
+
+    c.machine_check = machine_broken
+    with pytest.raises(GradeInfraError):
+        grader.run_matrix(c, tmp_path, diffs, ev, tmp_path / "sub" / "pairings")
+
+
+def test_failed_checks_are_readable_without_hovering(tmp_path):
+    r = {"id": "g1", "status": "graded", "mode": "full", "flags": [], "problems": [],
+         "scores": {"hypercall": {"points": 28}, "syscall": {"points": 40}, "report": {"points": 0}},
+         "checks": [{"id": "hc.pinned", "category": "hypercall", "status": "FAIL", "reason": "vCPU0 answered 0"},
+                    {"id": "hc.range", "category": "hypercall", "status": "PASS", "reason": "ok"},
+                    {"id": "e2e.works", "category": None, "status": "FAIL", "reason": "wrong-pcpu"}]}
+    assert outputs.row(r)["flags"] == "failed: hc.pinned"          # informational checks carry no blame
+    outputs.write_index(tmp_path, [r], [])
+    page = (tmp_path / "index.html").read_text()
+    assert "<li>pinned: vCPU0 answered 0</li>" in page
+
+
+def test_a_half_that_failed_to_build_is_not_built_again(tmp_path, monkeypatch):
+    from harness.grade import grader
+    from harness.grade.diffcheck import DiffReport
+    from harness.grade.pairing import PairingResult
+
+    ran = []
+
+    def fake(base, p, prof, out_dir, progress):
+        ran.append(p.name)
+        if p.name == "e2e":
+            return PairingResult("e2e", "build-failed", failed_role="guest", why="guest kernel does not build: x")
+        return PairingResult(p.name, "ran", summary={"scenarios": []})
+
+    monkeypatch.setattr(grader, "run_pairing", fake)
+    pairings, _ = grader.run_matrix(ctx(tmp_path), tmp_path, {r: DiffReport(r) for r in ("host", "guest")},
+                                    {"host": {}, "guest": {}}, tmp_path / "p")
+    assert ran == ["e2e", "hypercall"]
+    assert pairings["syscall"].status == "build-failed" and "not repeated" in pairings["syscall"].why
+
+
+def test_an_interrupted_pairing_is_not_graded(tmp_path, monkeypatch):
+    """Ctrl-C stops QEMU under a running pairing: what it reports then is not the student's."""
+    from harness.grade import grader
+    from harness.grade.diffcheck import DiffReport
+    from harness.grade.errors import GradeInfraError
+    from harness.grade.pairing import PairingResult
+
+    c = ctx(tmp_path)
+
+    def interrupted(base, p, prof, out_dir, progress):
+        c.cancelled.set()           # what the main thread does on KeyboardInterrupt
+        return PairingResult(p.name, "boot-failed", why="l1-boot: QEMU exited")
+
+    monkeypatch.setattr(grader, "run_pairing", interrupted)
+    with pytest.raises(GradeInfraError, match="interrupted"):
+        grader.run_matrix(c, tmp_path, {r: DiffReport(r) for r in ("host", "guest")}, {"host": {}, "guest": {}},
+                          tmp_path / "p")

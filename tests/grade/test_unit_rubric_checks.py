@@ -2,7 +2,9 @@
 import pytest
 import yaml
 
+from harness import groundtruth
 from harness.grade import checks as chk
+from harness.groundtruth import CallKey, HostTrace, Hvc
 from harness.grade import rubric, similarity
 from harness.grade.errors import RubricError
 from harness.grade.pairing import HI_TAG, CallId, PairingResult, issued_from_trace
@@ -43,28 +45,117 @@ def test_hypercall_vcpu_id_and_range():
     assert c["hc.pinned"].status == "FAIL" and "the vCPU id" in c["hc.pinned"].reason
     assert c["hc.range"].status == "PASS"
     assert c["hc.ground_truth"].status == "SKIP" and "not recorded" in c["hc.ground_truth"].reason
+    assert c["hc.ground_truth"].inconclusive
     res = result({"pinned": {"0": [3] * 5, "1": [(1 << 64) - 1] * 5}})
     c = chk.hypercall_checks(res, 4, PIN)
     assert c["hc.range"].status == "FAIL" and "NOT_SUPPORTED" in c["hc.range"].evidence[0]
     assert c["hc.pinned"].status == "FAIL" and c["hc.l2_vcpus"].status == "PASS"
 
 
-def test_hypercall_ground_truth_and_bug_named():
-    s = {"scenarios": [{"name": "loaded", "per_vcpu": {"0": {"observed_vcpus": [0], "pcpu_changes": 3,
-                       "ground_truth": {"agreement": 0.5, "samples": 10, "hvc_events": 10, "changes": 3,
-                                        "disagreements": ["call 4: returned 1, HVC on 2"]}}}}],
+def l1_view(cpus, rets, key=CallKey(func_id=8), moves=(), tid=100, extra_hvcs=0):
+    """A vCPU's ground truth as the harness computes it: HVC k handled on cpus[k] at t=k,
+    the workload got rets[k]; moves = (t, orig, dest) migrations of the thread in L1."""
+    tr = HostTrace(hvcs=[Hvc(float(k), c, tid, key.func_id or 0, key.imm or 0, 0) for k, c in enumerate(cpus)]
+                   + [Hvc(len(cpus) + k + 0.5, 0, tid, key.func_id or 0, key.imm or 0, 0) for k in range(extra_hvcs)],
+                   migrations=[(t, d, tid, o, d) for t, o, d in moves])
+    return groundtruth.cross_check(tr, tid, rets, key)
+
+
+def loaded(*gts, lost=0):
+    s = {"scenarios": [{"name": "loaded", "l1_trace": {"lost": lost},
+                        "per_vcpu": {str(v): {"observed_vcpus": [v], "ground_truth": g} for v, g in enumerate(gts)}}],
+         "timings": {}}
+    return result({"loaded": {str(v): [0] for v in range(len(gts))}}, summary=s)
+
+
+def test_ground_truth_race_explained_passes_constant_fails():
+    cpus = [0] * 500 + [2] * 500 + [1] * 1000
+    # a correct preemptible handler: call 1200 was handled on CPU 1, L1 moved the thread to 3 before the reply
+    rets = list(cpus)
+    rets[1200] = 3
+    g = l1_view(cpus, rets, moves=[(499.5, 0, 2), (999.5, 2, 1), (1200.2, 1, 3), (1200.7, 3, 1)])
+    assert g["disagreements_explained"] == "1/1"
+    c = chk.ground_truth_check(loaded(g, g).summary["scenarios"][0])
+    assert c.status == "PASS" and c.reason.startswith("3998 of 4000 answers are the CPU that handled the HVC in L1, "
+                                                     "2 the CPU L1 moved the thread to")
+    assert "migrated the vCPU threads 8 times" in c.reason
+    assert any("call 1200" in e and "preemption race" in e for e in c.evidence)
+    # a constant: most answers are not the handling CPU and L1 shows no move there
+    c = chk.ground_truth_check(loaded(l1_view(cpus, [1] * len(cpus), moves=[(499.5, 0, 2)])).summary["scenarios"][0])
+    assert c.status == "FAIL" and "1000 of 2000 answers" in c.reason and c.evidence
+
+
+def test_ground_truth_unexplained_race_fails_and_no_migration_is_inconclusive():
+    cpus = [1] * 1000
+    rets = list(cpus)
+    rets[10] = rets[20] = 2                     # no move to CPU 2 in L1: not a race
+    c = chk.ground_truth_check(loaded(l1_view(cpus, rets, moves=[(500.5, 1, 1)])).summary["scenarios"][0])
+    assert c.status == "FAIL" and "2 of 1000" in c.reason
+    assert any("call 10" in e and "did not move the thread there" in e for e in c.evidence)
+    c = chk.ground_truth_check(loaded(l1_view(cpus, list(cpus))).summary["scenarios"][0])
+    assert c.status == "SKIP" and c.inconclusive and "did not move" in c.reason
+
+
+def test_ground_truth_unaligned_fails_host_unless_trace_lost():
+    cpus = [1] * 100
+    g = l1_view(cpus, list(cpus), extra_hvcs=100)          # two HVCs per call
+    assert not g["aligned"]
+    c = chk.ground_truth_check(loaded(g).summary["scenarios"][0])
+    assert c.status == "FAIL" and "200 HVCs" in c.evidence[0] and "for 100 calls" in c.evidence[0]
+    c = chk.ground_truth_check(loaded(g, lost=37).summary["scenarios"][0])
+    assert c.status == "SKIP" and c.inconclusive and "lost 37 events" in c.reason
+
+
+def test_kernel_bug_named():
+    s = {"scenarios": [{"name": "loaded", "per_vcpu": {"0": {"observed_vcpus": [0]}}}],
          "kernel_log_findings": [{"where": "l1-console", "signature": "bug",
                                   "line": "BUG: using smp_processor_id() in preemptible [00000000] code"}],
          "timings": {}}
     c = chk.hypercall_checks(result({"loaded": {"0": [1] * 10}}, summary=s), 4, PIN)
-    assert c["hc.ground_truth"].status == "FAIL" and "0.500" in c["hc.ground_truth"].reason
     assert c["hc.kernel_clean"].reason.startswith("preemption bug: BUG: using smp_processor_id()")
+
+
+def test_scores_withhold_inconclusive_points():
+    cs = {"hc.builds": chk.Check("hc.builds", "PASS", ""),
+          "hc.ground_truth": chk.Check("hc.ground_truth", "SKIP", "no migration", inconclusive=True),
+          "hc.range": chk.Check("hc.range", "SKIP", "prerequisite hc.l1_nvhe failed")}
+    sc = chk.score(cs, rubric.load())["hypercall"]
+    assert sc["inconclusive"] == ["hc.ground_truth"] and sc["inconclusive_points"] == 6
+    assert sc["skipped_points"] == 6 + 8
+
+
+def test_pinned_constant_that_equals_a_vcpu_id_is_named_a_constant():
+    c = chk.hypercall_checks(result({"pinned": {"0": [1] * 5, "1": [1] * 5}}), 4, PIN)["hc.pinned"]
+    assert c.status == "FAIL" and c.reason.count("the same constant on every vCPU") == 2 and "vCPU id" not in c.reason
 
 
 def test_failed_build_skips_dependents_other_half_untouched():
     res = PairingResult("hypercall", "build-failed", why="host kernel does not build: error: x")
     c = chk.hypercall_checks(res, 4, PIN)
     assert c["hc.builds"].status == "FAIL" and all(c[k].status == "SKIP" for k in c if k != "hc.builds")
+
+
+def test_l2_that_does_not_boot_fails_l2_vcpus_not_l1():
+    res = PairingResult("hypercall", "boot-failed", why="l2-ssh: L2's kernel crashed: Kernel panic",
+                        error={"stage": "l2-ssh", "tail": "Kernel panic - not syncing"})
+    c = chk.hypercall_checks(res, 4, PIN)
+    assert c["hc.l1_nvhe"].status == "PASS" and c["hc.l2_vcpus"].status == "FAIL"
+    assert c["hc.range"].reason == "prerequisite hc.l2_vcpus failed"
+    res.error["stage"] = "l1-boot"
+    c = chk.hypercall_checks(res, 4, PIN)
+    assert c["hc.l1_nvhe"].status == "FAIL" and c["hc.l2_vcpus"].status == "SKIP"
+
+
+def test_host_that_breaks_psci_fails_l2_vcpus_with_l2s_own_lines(tmp_path):
+    (tmp_path / "l2-console.log").write_text("[    0.56] psci: failed to boot CPU1 (-22)\n"
+                                             "[    0.56] CPU1: failed to boot: -22\n[    0.57] other\n")
+    res = PairingResult("hypercall", "run-failed", run_dir=str(tmp_path),
+                        why="scenario pinned: workload on vCPU 1 exited 3: cannot pin to vCPU 1: Invalid argument",
+                        summary={"timings": {"l1_ssh_s": 9}, "scenarios": []})
+    c = chk.hypercall_checks(res, 4, PIN)
+    assert c["hc.l2_vcpus"].status == "FAIL" and "[    0.56] CPU1: failed to boot: -22" in c["hc.l2_vcpus"].evidence
+    assert all(c[i].reason.startswith("prerequisite hc.l2_vcpus failed") for i in ("hc.range", "hc.pinned",
+                                                                                   "hc.ground_truth"))
 
 
 def test_syscall_value_truncation_and_enosys():
@@ -80,17 +171,34 @@ def test_syscall_value_truncation_and_enosys():
     assert c["sc.number"].status == "FAIL" and "defines __NR_host_cpuid 452" in c["sc.number"].reason
 
 
+def test_nothing_learned_from_a_guest_that_never_issues_its_call():
+    # what a 6.1 guest whose syscall issues no hvc shows: two TRNG_RND64 calls at boot
+    s = {"scenarios": [{"name": "loaded", "per_vcpu": {"0": {"samples": 1500}, "1": {"samples": 1500}},
+                        "hvc_calls": [{"vcpu": 0, "func_id": "0xc4000053", "imm": 0, "count": 2}]}]}
+    assert issued_from_trace(s) is None
+    s["scenarios"][0]["hvc_calls"] = [{"vcpu": 0, "func_id": "0x57", "imm": 0, "count": 2}]
+    assert issued_from_trace(s) is None          # not once per call: not the workload's
+    s["scenarios"][0]["hvc_calls"] = [{"vcpu": v, "func_id": "0x57", "imm": 0, "count": 1500} for v in (0, 1)]
+    assert issued_from_trace(s)[0].func == 0x57
+
+
 def test_one_hvc_from_trace():
-    s = {"scenarios": [{"name": "pinned", "per_vcpu": {"0": {"observed_vcpus": [0]}},
+    s = {"scenarios": [{"name": "pinned", "per_vcpu": {"0": {"observed_vcpus": [0], "samples": 4}},
                         "hvc_calls": [{"func_id": "0x8", "imm": 0, "count": 4, "vcpu": 0},
                                       {"func_id": "0x84000000", "imm": 0, "count": 1, "vcpu": 0}]}], "timings": {}}
-    res = result({"pinned": {"0": [(HI_TAG << 32) | 3] * 4}}, summary=s)
     cid, n = issued_from_trace(s)
     assert (cid.func, cid.imm, n) == (8, 0, 4)
-    assert chk.syscall_checks(res, 451, {0: 3}, cid, {})["sc.one_hvc"].status == "PASS"
-    s["scenarios"][0]["hvc_calls"][0]["count"] = 0
+    rets = [(HI_TAG << 32) | 3] * 4
+    s["scenarios"][0]["per_vcpu"]["0"]["ground_truth"] = l1_view([3] * 4, rets)
+    res = result({"pinned": {"0": rets}}, summary=s)
+    c = chk.syscall_checks(res, 451, {0: 3}, cid, {})["sc.one_hvc"]
+    assert c.status == "PASS" and "4 HVCs with x0 = 0x8 for 4 calls" in c.evidence[0]
+    s["scenarios"][0]["per_vcpu"]["0"]["ground_truth"] = l1_view([], rets)
     c = chk.syscall_checks(res, 451, {0: 3}, CallId(8, None, "t"), {})["sc.one_hvc"]
-    assert c.status == "FAIL" and "never issues hvc" in c.reason
+    assert c.status == "FAIL" and "never issues the hypercall" in c.reason
+    s["scenarios"][0]["per_vcpu"]["0"]["ground_truth"] = l1_view([3] * 4, rets, extra_hvcs=4)
+    c = chk.syscall_checks(res, 451, {0: 3}, CallId(8, None, "t"), {})["sc.one_hvc"]
+    assert c.status == "FAIL" and "2.00 HVCs per call" in c.reason
 
 
 def test_scores_from_rubric():
@@ -119,3 +227,40 @@ def test_similarity_run_with_corpus(tmp_path):
                             [ref("6.1", "kvm.patch"), ref("6.1", "vm.patch")], tmp_path)
     assert [(s["a"], s["b"]) for s in listed] == [("a", "corpus:known/sol.patch")]
     assert (tmp_path / listed[0]["view"]).read_text().count('class="m"') >= 1
+
+
+def test_e2e_follows_the_run_verdict_not_just_the_range():
+    s = {"scenarios": [], "verdict": "wrong-pcpu", "verdict_text": "a pinned vCPU reported another pCPU"}
+    c = chk.e2e_check(result({"pinned": {"0": [0] * 5, "1": [1] * 5}}, summary=s), 4)
+    assert c.status == "FAIL" and "wrong-pcpu" in c.reason        # in range, but the vCPU ids
+    s["verdict"] = "ok"
+    assert chk.e2e_check(result({"pinned": {"0": [3] * 5}}, summary=s), 4).status == "PASS"
+
+
+def test_recheck_with_the_learned_id_redoes_the_verdict(tmp_path):
+    """The student x student pairing ran with the reference's call key: its verdict
+    (hvc-mismatch) is redone for the ID learned from L1's trace, on disk too."""
+    import json
+
+    from harness import trace as tr
+    from harness.grade.pairing import recheck
+
+    d = tmp_path / "e2e"
+    (d / "traces" / "loaded").mkdir(parents=True)
+    lines = [f"       CPU 0/KVM-500     [{c:03d}] d..1.  {100 + k:.6f}: kvm_hvc_arm64: HVC at 0xffff800008010000 "
+             f"(r0: 0x0000000000000008, imm: 0x0)" for k, c in enumerate([1, 1, 2, 2])]
+    lines.insert(2, "       CPU 0/KVM-500     [002] d..3.  101.500000: sched_migrate_task: comm=CPU 0/KVM pid=500 "
+                    "prio=120 orig_cpu=1 dest_cpu=2")
+    (d / "traces" / "loaded" / "l1-trace.txt").write_text("\n".join(lines) + "\n")
+    (d / "traces" / "loaded" / "vcpu0.bin").write_bytes(
+        tr.make_trace_bytes([(k, k, 0, c, 1000) for k, c in enumerate([1, 1, 2, 2])], pinned_vcpu=0))
+    s = {"verdict": "hvc-mismatch", "kernel_log_findings": [],
+         "scenarios": [{"name": "loaded", "l1_trace": {"file": "traces/loaded/l1-trace.txt"},
+                        "vcpu_threads": {"0": 500},
+                        "per_vcpu": {"0": {"verdict": "ok", "ground_truth": {"aligned": False}}}}]}
+    r = PairingResult("e2e", "ran", run_dir=str(d), summary=s)
+    recheck(r, CallId(8, 0, "L1 trace"))
+    gt = s["scenarios"][0]["per_vcpu"]["0"]["ground_truth"]
+    assert gt["aligned"] and gt["agreement"] == 1.0 and gt["changes_explained"] == 1
+    assert s["verdict"] == "ok" and s["recheck"]["verdict_before"] == "hvc-mismatch"
+    assert json.loads((d / "summary.json").read_text())["verdict"] == "ok"

@@ -84,10 +84,19 @@ def _answers(exp: dict) -> List[str]:
                                                                       sc["per_vcpu"].items()))
     if aligned and agree:
         worst = min(agree)
+        raced = [tuple(map(int, pv["ground_truth"].get("disagreements_explained", "0/0").split("/")))
+                 for sc in scs for pv in sc["per_vcpu"].values()]
+        done, total = sum(r[0] for r in raced), sum(r[1] for r in raced)
+        rest = ""
+        if total:
+            rest = (f" Of the {total} calls that did not, {done} are shown by L1 to have raced with the scheduler: "
+                    "the thread was moved to the returned CPU between the HVC and the handler's read of "
+                    "`vcpu->cpu` (the handler runs preemptible)."
+                    + ("" if done == total else f" **{total - done} are not explained.**"))
         out += ["", f"L1's trace confirms the values: each call's value was compared with the CPU on which L1 "
                     f"handled that very HVC (`kvm:kvm_hvc_arm64`); they agree on {worst:.2%} of the calls of the "
-                    f"worst vCPU ({total_calls} calls in all). So the value is the physical CPU that ran the vCPU "
-                    f"at the moment of the hypercall."]
+                    f"worst vCPU ({total_calls} calls in all).{rest} So the value is the physical CPU that ran "
+                    f"the vCPU at the moment of the hypercall."]
     else:
         out += ["", "**L1's trace does not match the calls one to one** on some vCPU (see the table): the values "
                     "cannot be confirmed as the pCPU that handled each HVC."]

@@ -8,7 +8,10 @@ cleanup, in the spirit of QEMU's python/qemu/machine:
 """
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# sun_path holds 108 bytes with its NUL: a deep run directory cannot hold the QMP socket
+UNIX_PATH_MAX = 107
+
+
+def qmp_socket_path(run_dir: Path, name: str) -> Path:
+    """L1's QMP socket: in the run directory (0700), or, when that path is too long for a
+    unix socket, in a private temporary directory removed at shutdown."""
+    path = Path(run_dir) / f".{name}-qmp.sock"
+    if len(os.fsencode(str(path))) <= UNIX_PATH_MAX:
+        return path
+    return Path(tempfile.mkdtemp(prefix="kvmh-")) / f"{name}-qmp.sock"
 
 
 @dataclass
@@ -96,7 +112,7 @@ class Machine:
         self.ports: Dict[str, int] = {}
         self.argv: List[str] = []
         self.console_log = self.run_dir / f"{spec.name}-console.log"
-        self.qmp_path = self.run_dir / f".{spec.name}-qmp.sock"
+        self.qmp_path = qmp_socket_path(self.run_dir, spec.name)
         self._sessions: List[Session] = []
         self.launched_at = 0.0
 
@@ -190,6 +206,8 @@ class Machine:
                 self.console = None
             if self.qmp_path.exists():
                 self.qmp_path.unlink()
+            if self.qmp_path.parent != self.run_dir:
+                shutil.rmtree(self.qmp_path.parent, ignore_errors=True)
 
     def __enter__(self) -> "Machine":
         return self

@@ -368,3 +368,17 @@ def test_l2_failure_keeps_its_own_tail_and_a_quiet_l1_adds_nothing(tmp_path):
     e = BootError("l2-ssh: L2's kernel crashed: x", stage="l2-ssh", tail="L2 console tail", reproduce="r")
     run.annotate_l2_failure(e, "[ 1.0] all quiet\n", tmp_path / "l1.log", "qemu")
     assert (e.message, e.tail, e.reproduce, e.log) == ("l2-ssh: L2's kernel crashed: x", "L2 console tail", "r", None)
+
+
+def test_qmp_socket_stays_within_the_unix_path_limit(tmp_path):
+    import stat
+
+    from harness.machine import UNIX_PATH_MAX, qmp_socket_path
+
+    short = qmp_socket_path(tmp_path, "l1")
+    assert short.parent == tmp_path
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    p = qmp_socket_path(deep, "l1")
+    assert len(str(p)) <= UNIX_PATH_MAX and p.name == "l1-qmp.sock"
+    assert stat.S_IMODE(p.parent.stat().st_mode) == 0o700  # private: QMP has no authentication
+    p.parent.rmdir()

@@ -364,6 +364,8 @@ def judge_ground_truth(s: dict, v: int) -> dict:
     gt = s.get("ground_truth") or {}
     if s["verdict"] != "ok" or not gt:
         return s
+    if not gt.get("aligned") or gt["agreement"] < AGREEMENT_MIN:
+        s["verdict_before_l1"] = [s["verdict"], s.get("verdict_text")]  # what rejudge() goes back to
     if not gt.get("aligned"):
         s["verdict"] = "hvc-mismatch"
         s["verdict_text"] = f"vCPU {v}: {gt.get('reason')}"
@@ -374,6 +376,21 @@ def judge_ground_truth(s: dict, v: int) -> dict:
                              f"HVC in L1" + (f" (call {d['call']} returned {d['returned']}, handled on CPU "
                                              f"{d['handled_on']})" if d else ""))
     return s
+
+
+def rejudge(summary: dict) -> dict:
+    """Per-vCPU and run verdicts again, after the ground truth of a stored run was
+    recomputed with another call key (groundtruth.recheck_run): a verdict that came from
+    L1's trace is taken back first."""
+    for sc in summary.get("scenarios", []) or []:
+        for v, s in sc.get("per_vcpu", {}).items():
+            before = s.pop("verdict_before_l1", None)
+            if before:
+                s["verdict"], s["verdict_text"] = before
+            judge_ground_truth(s, int(v))
+    if summary.get("scenarios"):
+        summary["verdict"] = overall_verdict(summary["scenarios"], summary.get("kernel_log_findings") or [])
+    return summary
 
 
 def call_rates(stack: Stack, v: int, calls: int, nr: int) -> Dict[str, dict]:

@@ -120,7 +120,7 @@ def recheck(r: PairingResult, cid: CallId) -> None:
         groundtruth.recheck_run(Path(r.run_dir), r.summary, key)
         # the run judged its trace with the reference's ID: its verdict changes with the key
         before = r.summary.get("verdict")
-        r.summary["verdict"] = run.overall_verdict(r.summary["scenarios"], r.summary.get("kernel_log_findings") or [])
+        run.rejudge(r.summary)
         r.summary["verdict_text"] = VERDICT_TEXT.get(r.summary["verdict"], r.summary["verdict"])
         r.summary["recheck"] = {"call_key": key.describe(), "source": cid.source, "verdict_before": before}
         (Path(r.run_dir) / "summary.json").write_text(json.dumps(r.summary, indent=1, default=str))

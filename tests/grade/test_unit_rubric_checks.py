@@ -254,13 +254,18 @@ def test_recheck_with_the_learned_id_redoes_the_verdict(tmp_path):
     (d / "traces" / "loaded" / "l1-trace.txt").write_text("\n".join(lines) + "\n")
     (d / "traces" / "loaded" / "vcpu0.bin").write_bytes(
         tr.make_trace_bytes([(k, k, 0, c, 1000) for k, c in enumerate([1, 1, 2, 2])], pinned_vcpu=0))
+    from harness import run
+
+    # as the run left it: judged with the reference's ID, the vCPU itself is hvc-mismatch
+    per = run.judge_ground_truth({"verdict": "ok", "ground_truth": {"aligned": False, "reason": "0 HVCs"}}, 0)
+    assert per["verdict"] == "hvc-mismatch"
     s = {"verdict": "hvc-mismatch", "kernel_log_findings": [],
          "scenarios": [{"name": "loaded", "l1_trace": {"file": "traces/loaded/l1-trace.txt"},
-                        "vcpu_threads": {"0": 500},
-                        "per_vcpu": {"0": {"verdict": "ok", "ground_truth": {"aligned": False}}}}]}
+                        "vcpu_threads": {"0": 500}, "per_vcpu": {"0": per}}]}
     r = PairingResult("e2e", "ran", run_dir=str(d), summary=s)
     recheck(r, CallId(8, 0, "L1 trace"))
     gt = s["scenarios"][0]["per_vcpu"]["0"]["ground_truth"]
     assert gt["aligned"] and gt["agreement"] == 1.0 and gt["changes_explained"] == 1
     assert s["verdict"] == "ok" and s["recheck"]["verdict_before"] == "hvc-mismatch"
+    assert s["scenarios"][0]["per_vcpu"]["0"]["verdict"] == "ok"
     assert json.loads((d / "summary.json").read_text())["verdict"] == "ok"

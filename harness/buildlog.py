@@ -27,6 +27,8 @@ COMPILER, ASSEMBLER, LINKER, KCONFIG, MAKE = "compiler", "assembler", "linker", 
 # resource exhaustion: whatever tool says it, the machine ran out of something
 _EXHAUSTION = [
     (re.compile(r"No space left on device|Disk quota exceeded|ENOSPC"), "no space left on device"),
+    # kbuild's fixdep when its output file cannot be written (seen with a full disk)
+    (re.compile(r"fixdep: not all data was written to the output"), "a write failed (the disk is full or failing)"),
     (re.compile(r"Killed signal terminated program|internal compiler error: Killed|"
                 r"virtual memory exhausted|Cannot allocate memory|[Oo]ut of memory|"
                 r"memory exhausted"), "out of memory (a tool was killed or could not allocate)"),

@@ -174,6 +174,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach CI logs as they happen
     signal.signal(signal.SIGTERM, _sigterm)
+    # Ctrl-C stops the run even when started from a shell that ignores SIGINT for background
+    # jobs (Python keeps an inherited SIG_IGN): every QEMU must go with it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return args.func(args)
     except HarnessError as e:

@@ -150,3 +150,10 @@ def test_failed_objects_in_order_without_duplicates():
 def test_error_word_in_a_file_name_is_not_an_error():
     text = "  CC      drivers/base/error_report.o\n  CC      lib/errname.o\n"
     assert buildlog.first_error(text) is None
+
+
+def test_fixdep_write_failure_is_the_machines():
+    # seen on a full disk: fixdep could not write the dependency file; no ENOSPC in the log
+    log = ("  CC      mm/truncate.o\n fixdep: not all data was written to the output\n"
+           "make[4]: *** [scripts/Makefile.build:255: mm/truncate.o] Error 1\n")
+    assert buildlog.exhaustion(log) == "a write failed (the disk is full or failing)"

@@ -338,3 +338,17 @@ def test_deadline_parent_bounds_child(monkeypatch):
     assert child.expired() and child.remaining() == 0
     with pytest.raises(StageTimeout, match="stage: waiting"):
         child.check("waiting")
+
+
+def test_cli_restores_ctrl_c_even_when_started_with_sigint_ignored():
+    """A shell runs background jobs with SIGINT ignored, and Python keeps that: the CLI
+    must turn Ctrl-C back on, or a run could not be interrupted (its QEMUs kept)."""
+    import subprocess
+    import sys
+
+    code = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "from harness import cli\n"
+            "try:\n    cli.main(['cache-dir'])\nexcept SystemExit:\n    pass\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "True"

@@ -23,7 +23,7 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 REF=${REF:-HEAD}
 STEPS=${*:-setup unit run run test}
 TIMES=$(dirname "$ROOT")/trixie-check.times
-CLONE=/work/kvm-hypercall-harness
+CLONE=/srv/kvm-hypercall-harness
 
 die() { echo "debian13-check: $*" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || die "needs root (mmdebstrap --mode=root, mounts, pivot_root): run it with sudo"

@@ -1,7 +1,7 @@
 """Student-style hw2 submissions, generated (never committed as binaries).
 
 Each fixture is a (kvm.patch, vm.patch, report) triple written the way students
-write them (see /work/shared/field-notes/student-submissions.md): a plain small
+write them (see the field notes on student submissions): a plain small
 function ID, the HVC immediate, get_cpu()/put_cpu(), and the usual bugs.  Patches are
 derived from the profile's reference patches by replacing added lines only (so their
 context still applies), and the hunk headers are recounted.  ``expect`` is the class

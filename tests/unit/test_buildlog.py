@@ -9,7 +9,7 @@ CC_LINES = [f"  CC      arch/arm64/kvm/{n}.o" for n in
             ("arm", "mmu", "mmio", "psci", "hypercalls", "pvtime", "inject_fault", "regmap", "va_layout")]
 
 ASM_ERROR_J2 = "\n".join([
-    "$ cd /cache/work/x-guest/src && make -C . O=../build ARCH=arm64 -j2 Image",
+    "$ cd /kcache/wt/x-guest/src && make -C . O=../build ARCH=arm64 -j2 Image",
     "  CC      kernel/sys.o",
     CC_LINES[0], CC_LINES[1],
     "{standard input}: Assembler messages:",
@@ -20,7 +20,7 @@ ASM_ERROR_J2 = "\n".join([
     CC_LINES[4],
     "make[2]: *** [scripts/Makefile.build:500: kernel] Error 2",
     *CC_LINES[5:],
-    "make[1]: *** [/cache/work/x-guest/src/Makefile:1992: .] Error 2",
+    "make[1]: *** [/kcache/wt/x-guest/src/Makefile:1992: .] Error 2",
     "make: *** [Makefile:179: sub-make] Error 2",
 ])
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import analysis, cache, config, procs, sources
+from . import analysis, cache, config, interrupts, procs, sources
 from .errors import HarnessError, exit_code, unexpected
 
 ENV_TREE = "KVM_HARNESS_KERNEL_TREE"
@@ -166,34 +165,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sigterm(signum, frame):  # turn SIGTERM into the same cleanup path as Ctrl-C
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach CI logs as they happen
-    signal.signal(signal.SIGTERM, _sigterm)
-    # Ctrl-C stops the run even when started from a shell that ignores SIGINT for background
-    # jobs (Python keeps an inherited SIG_IGN): every QEMU must go with it
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupts.install()  # Ctrl-C and SIGTERM: the same cleanup path, never lost
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        return _interrupted()
     except HarnessError as e:
+        if interrupts.requested():  # a failure that followed a swallowed Ctrl-C: the interrupt
+            return _interrupted()
         print("\n" + e.render(), file=sys.stderr)
         return exit_code(e.kind)
-    except KeyboardInterrupt:
-        left = procs.survivors()
-        if left:
-            print("\ninterrupted: could not stop " + ", ".join(f"{w} (pid {p})" for p, w in left.items()),
-                  file=sys.stderr)
-            return 3
-        print("\ninterrupted: every QEMU and build process of this run was stopped (checked)", file=sys.stderr)
-        return 130
     except Exception as exc:  # noqa: BLE001 - not a HarnessError: a harness bug, exit 3 in one line
+        if interrupts.requested():
+            return _interrupted()
         log = cache.cache_root() / "logs" / f"traceback-{os.getpid()}.log"
         print("\n" + unexpected(exc, log).render(), file=sys.stderr)
         return 3
+
+
+def _interrupted() -> int:
+    left = procs.survivors()
+    if left:
+        print("\ninterrupted: could not stop " + ", ".join(f"{w} (pid {p})" for p, w in left.items()),
+              file=sys.stderr)
+        return 3
+    print("\ninterrupted: every QEMU and build process of this run was stopped (checked)", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

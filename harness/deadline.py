@@ -6,6 +6,7 @@ import os
 import time
 from typing import Optional
 
+from . import interrupts
 from .errors import StageTimeout
 
 
@@ -28,9 +29,11 @@ class Deadline:
         self.end = min(own_end, parent.end) if parent else own_end
 
     def remaining(self) -> float:
+        interrupts.check()  # every wait asks: a swallowed Ctrl-C is raised again here
         return max(0.0, self.end - time.monotonic())
 
     def expired(self) -> bool:
+        interrupts.check()
         return time.monotonic() >= self.end
 
     def elapsed(self) -> float:

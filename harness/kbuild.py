@@ -293,7 +293,9 @@ class Builder:
         try:
             text = log.read_text(errors="replace")
         except OSError:
-            text = e.tail or ""
+            text = ""
+        if e.tail and e.tail not in text:  # the log could not be written: the rest was kept in memory
+            text += "\n" + e.tail
         src = self.work / "src"
         exists = lambda rel: (src / rel).exists()  # noqa: E731
         # out-of-tree builds name sources by absolute path: say them as the tree does

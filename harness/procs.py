@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Callable, Dict, Mapping, Optional, Sequence, Type, Union
+from typing import IO, Callable, Dict, List, Mapping, Optional, Sequence, Type, Union
 
 from . import buildlog
 from .errors import INFRA, HarnessError, InfraError, tail_of
@@ -131,7 +131,7 @@ def run(
         log = Path(log)
         log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            logf = open(log, "ab")
+            logf = open(log, "ab", buffering=0)  # a failed write shows at the line it happens
             logf.write(f"$ {repro}\n".encode())
             logf.flush()
         except OSError as e:
@@ -164,13 +164,24 @@ def run(
         return error(f"{what}: {message}", stage=stage, log=log, tail=None if log else tail_of(out),
                      reproduce=repro, kind=INFRA if exhausted else None)
 
-    def log_write(data: bytes) -> None:
+    log_error: List[str] = []
+
+    def log_write(data: bytes) -> bool:
+        """Write to the log; when its file system fails (e.g. full), keep the output in
+        memory instead, so the tool's own words (ld: No space left on device) still reach
+        the report."""
+        nonlocal logf
         try:
             logf.write(data)
-        except OSError as e:  # e.g. ENOSPC: the log's file system is full
-            kill_group(proc)
-            raise error(f"{what}: cannot write its log {log}: {e.strerror}", stage=stage, kind=INFRA,
-                        reproduce=repro) from None
+            return True
+        except OSError as e:
+            log_error.append(e.strerror or str(e))
+            try:
+                logf.close()
+            except OSError:
+                pass
+            logf = None
+            return False
 
     try:
         if input is not None:
@@ -180,12 +191,10 @@ def run(
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout if timeout else None
         for raw in iter(proc.stdout.readline, b""):
-            if logf:
-                log_write(raw)
-                if on_line:
-                    on_line(raw.decode("utf-8", "replace").rstrip("\n"))
-            else:
+            if not (logf and log_write(raw)):
                 chunks.append(raw)
+            if on_line and log is not None:
+                on_line(raw.decode("utf-8", "replace").rstrip("\n"))
             if deadline and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(argv, timeout)
         rc = proc.wait(timeout=(deadline - time.monotonic()) if deadline else None)
@@ -203,6 +212,11 @@ def run(
                 logf.close()
             except OSError:
                 pass
+    if log_error:  # the output after the failed write is in memory: show it
+        out = b"".join(chunks).decode("utf-8", "replace")
+        raise error(f"{what}: cannot write its log {log}: {log_error[0]}"
+                    + (f"; the command then failed with exit code {rc}" if rc else ""),
+                    stage=stage, kind=INFRA, tail=tail_of(out) or None, log=log, reproduce=repro)
     if check and rc != 0:
         raise failure(f"failed with exit code {rc}")
     return subprocess.CompletedProcess(argv, rc, b"".join(chunks).decode("utf-8", "replace"), "")

@@ -349,6 +349,78 @@ def test_cli_restores_ctrl_c_even_when_started_with_sigint_ignored():
     code = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
             "from harness import cli\n"
             "try:\n    cli.main(['cache-dir'])\nexcept SystemExit:\n    pass\n"
-            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
+            "print(signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, signal.SIG_DFL))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "True"
+
+
+def test_a_ctrl_c_swallowed_by_a_destructor_is_raised_again_by_the_next_wait():
+    """Python drops a KeyboardInterrupt raised inside ``__del__`` ("Exception ignored in"):
+    found by CI, a Ctrl-C during L1's boot was lost and the run failed 60 s later as an SSH
+    timeout.  The remembered signal makes the next deadline check raise it again."""
+    import subprocess
+    import sys
+
+    code = ("import gc, os, signal\n"
+            "from harness import interrupts\nfrom harness.deadline import Deadline\n"
+            "interrupts.install()\n"
+            "class Closing:\n    def __del__(self):\n        os.kill(os.getpid(), signal.SIGINT)\n"
+            "Closing(); gc.collect()\n"
+            "print('survived the destructor', interrupts.requested())\n"
+            "try:\n    Deadline(60, 'l1-ssh').expired()\nexcept KeyboardInterrupt:\n    print('raised again')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "Exception ignored" in r.stderr  # the first raise really was swallowed
+    assert r.stdout.splitlines() == ["survived the destructor SIGINT", "raised again"]
+
+
+def test_cli_reports_a_failure_after_a_swallowed_ctrl_c_as_the_interrupt(monkeypatch, capsys):
+    import signal
+
+    from harness import cli, interrupts
+    from harness.errors import StageTimeout
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def swallowed_then_timeout(args):
+        try:
+            interrupts._handler(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            pass  # what a destructor does with it
+        raise StageTimeout("l1-ssh: l1 did not answer SSH", stage="l1-ssh")
+
+    monkeypatch.setattr(cli, "cmd_cache", swallowed_then_timeout)
+    try:
+        rc = cli.main(["cache-dir"])
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    err = capsys.readouterr().err
+    assert rc == 130, err
+    assert "interrupted" in err and "FAILED" not in err
+
+
+def test_a_log_that_stops_being_writable_keeps_the_tools_own_words(tmp_path):
+    """Found by CI: with the cache's disk full, the build log itself could not be written,
+    so ld's "No space left on device" never reached the report (an empty tail).  The file
+    size limit makes the log's file system "full" after 200 bytes."""
+    import subprocess
+    import sys
+
+    code = ("import resource, signal, sys\n"
+            "from harness import procs\nfrom harness.errors import BuildError\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))\n"
+            "script = 'for i in $(seq 40); do echo \"  CC kernel/f$i.o\"; done; "
+            "echo \"ld: final link failed: No space left on device\"; exit 1'\n"
+            "try:\n"
+            f"    procs.run(['sh', '-c', script], stage='kernel-build', log={str(tmp_path / 'build.log')!r},"
+            " error=BuildError, what='make Image')\n"
+            "except BuildError as e:\n    print(e.kind); print(e.render())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "infra", r.stdout + r.stderr
+    assert "make Image: cannot write its log" in lines[1] and "File too large" in lines[1]
+    assert "the command then failed with exit code 1" in lines[1]
+    tail = r.stdout.split("--- last lines ---", 1)[1]
+    assert "ld: final link failed: No space left on device" in tail and "CC kernel/f40.o" in tail
+    assert (tmp_path / "build.log").stat().st_size <= 200

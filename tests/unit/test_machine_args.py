@@ -274,9 +274,10 @@ def test_git_flags_misused(argv, message, monkeypatch):
 
 @pytest.fixture
 def keep_sigterm():
-    old = signal.getsignal(signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     yield
-    signal.signal(signal.SIGTERM, old)  # cli.main installs its own handler
+    for s, handler in old.items():
+        signal.signal(s, handler)  # cli.main installs its own handlers
 
 
 def test_main_missing_config_returns_2_and_prints_stage(capsys, keep_sigterm, tmp_path, monkeypatch):

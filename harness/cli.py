@@ -18,10 +18,14 @@ from .errors import HarnessError, exit_code, unexpected
 ENV_TREE = "KVM_HARNESS_KERNEL_TREE"
 
 
-def _config(args) -> config.Config:
+def _config(args, default_config: bool = False) -> config.Config:
+    """The config of a command.  $KVM_HARNESS_KERNEL_TREE applies when the config is the
+    command's default (``default_config``: the command filled in ``args.config`` itself),
+    never over a config the user named."""
     cfg = config.load(args.config)
     sets = list(args.set or [])
-    tree = args.kernel_tree or (os.environ.get(ENV_TREE) if not args.config else None)
+    use_env = default_config or not args.config
+    tree = args.kernel_tree or (os.environ.get(ENV_TREE) if use_env else None)
     if tree and args.kernel_git:
         raise config.ConfigError("--kernel-tree and --kernel-git name two different trees: give one")
     if tree:

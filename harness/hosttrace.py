@@ -114,8 +114,12 @@ class HostTracer:
         return stats
 
     def pause(self, on: bool) -> None:
-        """Recording on or off without clearing (the tracing-overhead measurement)."""
-        self.ssh.run(["sh", "-c", 'echo "$1" > "$2/tracing_on"', "tracing-on", "1" if on else "0", self.tracefs],
+        """The three events on or off without clearing (the tracing-overhead measurement).
+        Off disables the events themselves, so their tracepoints are patched out again:
+        with only ``tracing_on`` at 0 the probes would still run (and the cost of tracing
+        would be under-stated)."""
+        script = 'v=$1; T=$2; shift 2; for ev in "$@"; do echo "$v" > "$T/events/$ev/enable"; done'
+        self.ssh.run(["sh", "-c", script, "trace-events", "1" if on else "0", self.tracefs, *EVENTS],
                      stage="host-trace")
 
 

@@ -6,6 +6,8 @@
 #
 #   sudo tools/debian13-check.sh                  # everything: setup, unit, run (cold+warm), test
 #   sudo tools/debian13-check.sh setup unit       # only these steps (setup unit run run test)
+#   sudo TREE=/path/to/linux-5.4 tools/debian13-check.sh tree   # both kernels of your own tree
+#                                                  # (e.g. v5.4) built with Debian 13's gcc
 #
 # Environment: ROOT (default /var/tmp/kvm-harness-trixie; made once, reused), MIRROR
 # (default http://deb.debian.org/debian), REF (the commit to clone, default HEAD), REUSE_ROOT=0
@@ -22,6 +24,7 @@ ROOT=${ROOT:-/var/tmp/kvm-harness-trixie}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 REF=${REF:-HEAD}
 STEPS=${*:-setup unit run run test}
+TREE=${TREE:-}
 TIMES=$(dirname "$ROOT")/trixie-check.times
 CLONE=/srv/kvm-hypercall-harness
 
@@ -66,20 +69,25 @@ echo "debian13-check: $(cat "$ROOT/etc/debian_version") root at $ROOT, clone of 
 
 # 3. each step in the root, in a private mount namespace (the binds vanish with it)
 for step in $STEPS; do
+    treebind=""
     case $step in
-        setup) target="setup" ;;
-        unit)  target="unit" ;;
-        run)   target="run" ;;
-        test)  target="test" ;;
-        *) die "unknown step $step (setup unit run test)" ;;
+        setup|unit|run|test) cmd="make -C $CLONE $step" ;;
+        tree)  # the user's tree, read-only, built by the harness as `kvm-harness build` does
+            [ -n "$TREE" ] && [ -f "$TREE/Makefile" ] || die "step tree: set TREE to a kernel tree (a directory with a Makefile)"
+            mkdir -p "$ROOT/srv/linux-tree"
+            treebind=$TREE
+            cmd="env KVM_HARNESS_KERNEL_TREE=/srv/linux-tree $CLONE/.venv/bin/python -m harness build --log-dir /srv/tree-build-logs" ;;
+        *) die "unknown step $step (setup unit run test tree)" ;;
     esac
+    target=$step
     t0=$(date +%s)
     status=ok
     # pivot_root, not chroot: the kernel refuses new user namespaces to a chrooted process,
     # and bubblewrap (the harness's sandbox) needs them; the old root is detached at once.
     PASSENV=$passenv unshare --mount --propagation private /bin/sh -eu -c '
-        root=$1; shift
+        root=$1; treebind=$2; shift 2
         mount --bind "$root" "$root"
+        if [ -n "$treebind" ]; then mount --bind -o ro "$treebind" "$root/srv/linux-tree"; fi
         mount --rbind /dev "$root/dev"
         mount -t proc proc "$root/proc"
         mount --rbind /sys "$root/sys"
@@ -88,8 +96,8 @@ for step in $STEPS; do
         cd "$root"
         pivot_root . .oldroot
         exec /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb \
-            DEBIAN_FRONTEND=noninteractive $PASSENV /bin/sh -c "umount -l /.oldroot && cd / && exec \"\$@\"" sh "$@"
-    ' sh "$ROOT" make -C "$CLONE" "$target" || status="failed($?)"
+            DEBIAN_FRONTEND=noninteractive $PASSENV /bin/sh -c "umount -l /.oldroot && cd $0 && exec \"\$@\"" "'"$CLONE"'" "$@"
+    ' sh "$ROOT" "$treebind" $cmd || status="failed($?)"
     echo "make-$target $(( $(date +%s) - t0 )) $status" | tee -a "$TIMES"
     [ "$status" = ok ] || die "make $target failed inside the trixie root (times in $TIMES)"
 done

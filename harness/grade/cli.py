@@ -33,12 +33,19 @@ def add_parsers(sub, common) -> None:
     m.set_defaults(func=cmd_merge)
 
 
-def cmd_grade(args) -> int:
+def grade_config(args):
+    """configs/grade.yaml unless -c names another; --kernel-tree/--kernel-git or, with the
+    default config, $KVM_HARNESS_KERNEL_TREE choose the tree (as for `kvm-harness run`)."""
     from ..cli import _config
 
-    if not args.config:
+    default_config = not args.config
+    if default_config:
         args.config = str(GRADE_CONFIG)
-    cfg = _config(args)
+    return _config(args, default_config)
+
+
+def cmd_grade(args) -> int:
+    cfg = grade_config(args)
     rub = rubric.load(args.rubric)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -383,3 +383,20 @@ def test_qmp_socket_stays_within_the_unix_path_limit(tmp_path):
     assert len(str(p)) <= UNIX_PATH_MAX and p.name == "l1-qmp.sock"
     assert stat.S_IMODE(p.parent.stat().st_mode) == 0o700  # private: QMP has no authentication
     p.parent.rmdir()
+
+
+def test_grade_takes_the_kernel_tree_from_the_environment_like_run(tmp_path, monkeypatch):
+    from harness.grade import cli as grade_cli
+
+    tree = tmp_path / "linux-5.4"
+    tree.mkdir()
+    monkeypatch.setenv(cli.ENV_TREE, str(tree))
+    args = cli.build_parser().parse_args(["grade", "sub_hw2.zip", "--out", str(tmp_path / "out")])
+    cfg = grade_cli.grade_config(args)
+    assert cfg.kernel.source == "path" and Path(cfg.kernel.path) == tree.resolve()
+    assert cfg.l1.restrict_net  # still configs/grade.yaml
+    # a config the user names is never overridden by the environment
+    own = tmp_path / "own.yaml"
+    own.write_text((Path(grade_cli.GRADE_CONFIG)).read_text())
+    args = cli.build_parser().parse_args(["grade", "sub_hw2.zip", "--out", str(tmp_path / "out"), "-c", str(own)])
+    assert grade_cli.grade_config(args).kernel.source == "debian"

@@ -96,7 +96,7 @@ for step in $STEPS; do
         cd "$root"
         pivot_root . .oldroot
         exec /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb \
-            DEBIAN_FRONTEND=noninteractive $PASSENV /bin/sh -c "umount -l /.oldroot && cd $0 && exec \"\$@\"" "'"$CLONE"'" "$@"
+            DEBIAN_FRONTEND=noninteractive $PASSENV /bin/sh -c "umount -l /.oldroot && cd \$0 && exec \"\$@\"" "'"$CLONE"'" "$@"
     ' sh "$ROOT" "$treebind" $cmd || status="failed($?)"
     echo "make-$target $(( $(date +%s) - t0 )) $status" | tee -a "$TIMES"
     [ "$status" = ok ] || die "make $target failed inside the trixie root (times in $TIMES)"

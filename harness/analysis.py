@@ -96,8 +96,11 @@ def human_summary(summary: dict) -> str:
             lines.append(f"  {name}: {value}")
         to = sc.get("trace_overhead") or {}
         if to:
-            lines.append(f"  L1 tracing overhead: {to['overhead_pct']} % (host_cpuid calls/s {to['calls_per_s_tracing_on']} "
-                         f"traced, {to['calls_per_s_tracing_off']} not; medians of {to['rounds']} alternated rounds)")
+            spread = to.get("overhead_pct_range")
+            lines.append(f"  L1 tracing overhead: {to['overhead_pct']} % (median of {to['rounds']} on/off pairs"
+                         + (f", pairs from {spread[0]} to {spread[1]} %" if spread else "")
+                         + f"; host_cpuid calls/s {to['calls_per_s_tracing_on']} traced, "
+                         f"{to['calls_per_s_tracing_off']} not)")
         if sc.get("verdict"):
             lines.append(f"  expectation {sc['verdict']}: {sc.get('reason')}")
     return "\n".join(lines)

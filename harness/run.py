@@ -272,7 +272,7 @@ def run_scenario(stack: Stack, sc: Scenario, out_dir: Path, progress: Progress =
         trace_stats = tracer.stop(out_dir / "l1-trace.txt")
         affinity["end"] = hosttrace.affinity(stack.l1_ssh, threads)
         compare = _compare(stack, vcpus[0], sc, nr) if sc.compare else {}
-        overhead = trace_overhead(stack, tracer, vcpus[0], threads, nr) if sc.trace_overhead else {}
+        overhead = trace_overhead(stack, tracer, vcpus[0], threads, nr, key) if sc.trace_overhead else {}
     finally:
         if loads:
             stack.l1_ssh.run(["kill", *map(str, loads)], check=False)
@@ -318,24 +318,38 @@ def call_key(cfg: Config, profile: profiles.Profile) -> groundtruth.CallKey:
 
 
 def trace_overhead(stack: Stack, tracer: hosttrace.HostTracer, v: int, threads: Dict[int, int], nr: int,
-                   calls: int = 3000, rounds: int = 4) -> dict:
-    """host_cpuid calls/s on vCPU v with L1's tracing on and off, alternated in one run
-    (medians over ``rounds`` pairs): what recording the ground truth costs."""
+                   key: groundtruth.CallKey, calls: int = 3000, pairs: int = 8) -> dict:
+    """What recording the ground truth costs: host_cpuid calls/s on vCPU v with L1's
+    events on and off, in ``pairs`` adjacent on/off pairs (order alternating, so a drift
+    in the machine's load hits both sides).  Each pair gives one overhead; the median is
+    the figure and the lowest and highest show the noise (a round is under a second: on
+    a busy machine single pairs swing by tens of per cent).  The trace of the whole
+    measurement must hold exactly the calls of the "on" rounds: "off" really is off."""
     rates: Dict[str, List[float]] = {"on": [], "off": []}
+    per_pair: List[float] = []
     tracer.start(threads)
     try:
-        for i in range(rounds):
+        for i in range(pairs):
+            got = {}
             for state in (("on", "off") if i % 2 == 0 else ("off", "on")):
                 tracer.pause(state == "on")
                 argv = workload.workload_argv(count=calls, vcpu=v, syscall_nr=nr, bare=True, out=None)
                 res = stack.l2_ssh.run(argv, timeout=calls * 0.01 + 60, stage="trace-overhead")
-                rates[state].append(workload.parse_summary_line(res.out)["calls_per_s"])
+                got[state] = workload.parse_summary_line(res.out)["calls_per_s"]
+                rates[state].append(got[state])
+            if got["off"]:
+                per_pair.append(100.0 * (got["off"] - got["on"]) / got["off"])
     finally:
-        tracer.stop(stack.run_dir / "logs" / "trace-overhead-l1-trace.txt")
+        trace_file = stack.run_dir / "logs" / "trace-overhead-l1-trace.txt"
+        tracer.stop(trace_file)
+    host = groundtruth.parse(trace_file)
+    recorded = sum(1 for h in host.hvcs if h.pid == threads[v] and key.matches(h))
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     return {"calls_per_s_tracing_on": round(on, 1), "calls_per_s_tracing_off": round(off, 1),
-            "overhead_pct": round(100.0 * (off - on) / off, 2) if off else None, "rounds": rounds,
-            "calls_per_round": calls}
+            "overhead_pct": round(statistics.median(per_pair), 2) if per_pair else None,
+            "overhead_pct_range": [round(min(per_pair), 1), round(max(per_pair), 1)] if per_pair else None,
+            "rounds": pairs, "calls_per_round": calls,
+            "calls_traced": recorded, "calls_made_traced": pairs * calls}
 
 
 def judge_vcpu(s: dict, v: int, pinned_to: Optional[int], nr: int) -> dict:

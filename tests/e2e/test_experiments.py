@@ -97,7 +97,10 @@ def test_unpinned_affinity_is_shown_not_assumed(experiment_run):
 def test_tracing_overhead_is_measured(experiment_run):
     over = _scenario(experiment_run, "pinned")["trace_overhead"]
     assert over["calls_per_s_tracing_on"] > 0 and over["calls_per_s_tracing_off"] > 0
-    assert over["overhead_pct"] is not None
+    low, high = over["overhead_pct_range"]
+    assert low <= over["overhead_pct"] <= high
+    # the "on" rounds recorded every call and the "off" rounds none
+    assert over["calls_traced"] == over["calls_made_traced"] == over["rounds"] * over["calls_per_round"], over
 
 
 def test_report_and_plots_are_written_and_rerender(experiment_run):

@@ -16,8 +16,8 @@ import pytest
 from harness import cache, config, profiles, resources, sources
 from harness.errors import SourceError
 
-from .conftest import (Live, harness_argv, in_overlay, no_process_left, processes_mentioning, run,
-                       warm_cache_or_skip)
+from .conftest import (Live, alive, descendants, harness_argv, in_overlay, no_process_left, processes_mentioning,
+                       run, warm_cache_or_skip)
 
 QUICK = ["--set", "scenarios=[{name: quick, calls: 300}]"]
 
@@ -109,6 +109,34 @@ def test_disk_full_while_linking_the_guest_kernel(warm, tmpfs, tmp_path):
 
 
 # -- unexpected exception -------------------------------------------------------------------
+
+def test_sigint_during_a_kernel_build_stops_make_and_the_next_build_goes_on(warm, tmpfs, tmp_path):
+    # a guest patch differing in one comment: Ctrl-C strikes while its make runs
+    patch = _variant_vm_patch(tmp_path, "ask the hypervisor which", "ask the hypervisor (interrupted) which")
+    upper = tmpfs("upper", 3000)
+    argv = harness_argv("build", "--log-dir", str(tmp_path / "logs"), "--vm-patch", str(patch))
+    live = Live(in_overlay(upper, argv))
+    try:
+        live.wait_for(f"applying {patch}")
+        end = time.monotonic() + 120
+        while not [c for _, c in descendants(live.p.pid) if c.startswith("make ") and " Image" in c]:
+            assert time.monotonic() < end and live.p.poll() is None, "make Image never started"
+            time.sleep(0.2)
+        time.sleep(1)  # make is compiling now
+        builders = descendants(live.p.pid)
+        live.signal(signal.SIGINT)
+        r = live.finish()
+    finally:
+        live.kill()
+    assert r.rc == 130, r.out[-3000:]
+    assert "interrupted: every QEMU and build process of this run was stopped (checked)" in r.out
+    left = [f"{pid}: {cmd[:120]}" for pid, cmd in builders if alive(pid)]
+    assert left == [], left
+    # the interrupted worktree is not trusted as it was left: the same build succeeds
+    r = run(in_overlay(upper, argv))
+    assert r.rc == 0, r.err[-3000:]
+    assert json.loads(r.out[r.out.index("{"):])["guest"].endswith("/Image")
+
 
 def test_unexpected_exception_is_exit_3_in_one_line_with_the_traceback_in_the_log(warm, tmp_path):
     run_dir = tmp_path / "run"

@@ -2,7 +2,8 @@
     python images/grading/make_patches.py
 host: the reference kvm.patch with host_hook.c (its kvm_hvc_call_handler renamed to the
 reference's handler, kvm_smccc_call_handler from 6.4) inserted just before the reference's
-handler (new lines inside the reference's first hunk: no new context to match);
+handler (new lines inside the reference's first hunk: no new context to match); where
+handle_smc() calls that handler too (from 6.4) the hook answers HVCs only, as it does up to 6.3;
 guest: the reference vm.patch with host_cpuid.c replaced by guest_host_cpuid.c.
 The outputs are committed (images/profiles/<v>/grading/)."""
 import re
@@ -42,9 +43,27 @@ def handler_name(ref: str) -> str:
                      "(no hunk header names kvm_*_call_handler before the line reading vcpu->cpu)")
 
 
+# Handlers that handle_smc() calls as well: kvm_smccc_call_handler() serves the SMC conduit from
+# 6.4 on, while up to 6.3 an SMC never reaches kvm_hvc_call_handler() (the guest gets ~0).  There
+# the hook must not answer an SMC, or the grading host would accept a guest the older ones refuse.
+SERVES_SMC = ("kvm_smccc_call_handler",)
+IMM_OK = "\tbool imm_ok = grade_imm < 0 || kvm_vcpu_hvc_get_imm(vcpu) == grade_imm;\n"
+HVC_ONLY = ("\t/* handle_smc() calls this handler too: only an HVC is host_cpuid */\n"
+            "\tu8 ec = kvm_vcpu_trap_get_class(vcpu);\n"
+            "\tbool hvc = ec == ESR_ELx_EC_HVC64 || ec == ESR_ELx_EC_HVC32;\n")
+
+
+def hook_source(handler: str) -> str:
+    src = (HERE / "host_hook.c").read_text().replace("kvm_hvc_call_handler", handler)
+    if handler in SERVES_SMC:
+        assert IMM_OK in src and "\tif (func_ok && imm_ok) {" in src, "host_hook.c changed: update HVC_ONLY"
+        src = src.replace(IMM_OK, IMM_OK + HVC_ONLY).replace("\tif (func_ok && imm_ok) {", "\tif (hvc && func_ok && imm_ok) {")
+    return src
+
+
 def host(ref: str) -> str:
     lines = ref.split("\n")
-    hook_src = (HERE / "host_hook.c").read_text().replace("kvm_hvc_call_handler", handler_name(ref))
+    hook_src = hook_source(handler_name(ref))
     hook = ["+" + x if x else "+" for x in hook_src.rstrip("\n").split("\n")]
     # insert after the reference's '#define KVM_HOST_CPUID_FUNC_ID' block (ends at the first '+' line
     # followed by a non-'+' line after the define)

@@ -1,9 +1,14 @@
 import os
 from pathlib import Path
+from typing import Optional, Tuple
 
 import pytest
 
-from harness import cache, profiles
+from harness import cache, distro, profiles, sources
+from harness.errors import HarnessError, SourceError
+
+# grade another Debian tarball than this machine's default (the profile follows its version)
+ENV_GRADE_TARBALL = "KVM_HARNESS_GRADE_TARBALL"
 
 
 def cached_tree(version: str):
@@ -17,11 +22,53 @@ def cached_tree(version: str):
     return None
 
 
-@pytest.fixture(scope="session")
-def tree61():
-    t = cached_tree("6.1")
+def tarball_profile(tarball: Path) -> str:
+    """The profile that grades a linux-source-X.Y.tar.xz (what the grader selects once extracted)."""
+    m = distro.TARBALL.match(tarball.name)
+    if not m:
+        raise ValueError(f"{tarball}: not named linux-source-X.Y.tar.xz")
+    return profiles.select((int(m.group(1)), int(m.group(2)), 0)).name
+
+
+def machine_default() -> Optional[str]:
+    """The profile of the tarball `kernel.tarball: auto` picks here (6.1 on Debian 12, 6.12 on
+    Debian 13), None when /usr/src has none."""
+    try:
+        return tarball_profile(sources.auto_tarball()[0])
+    except (SourceError, ValueError):
+        return None
+
+
+def grading_source() -> Tuple[Optional[Path], str]:
+    """(tarball, profile) the grading e2e tests grade on: $KVM_HARNESS_GRADE_TARBALL (tarball
+    given), else this machine's default (tarball None: configs/grade.yaml's `auto` picks it)."""
+    env = os.environ.get(ENV_GRADE_TARBALL)
+    if env:
+        tarball = Path(env).expanduser().resolve()
+        if not tarball.is_file():
+            pytest.fail(f"{ENV_GRADE_TARBALL}={env}: no such file")
+        try:
+            return tarball, tarball_profile(tarball)
+        except (ValueError, HarnessError) as e:
+            pytest.fail(f"{ENV_GRADE_TARBALL}={env}: {getattr(e, 'message', e)}")
+    try:
+        tarball, _ = sources.auto_tarball()
+    except SourceError as e:
+        pytest.skip(f"no kernel source to grade on: {e.message}")
+    return None, tarball_profile(tarball)
+
+
+def tree_or_skip(version: str) -> Path:
+    t = cached_tree(version)
     if t is None:
-        pytest.skip("no extracted 6.1 tree in the harness cache: run `make run` once (it extracts linux-source-6.1)")
+        default = machine_default()
+        if version == default:
+            how = f"run `make run` once (it extracts linux-source-{version})"
+        else:
+            how = (f"run `kvm-harness build --set kernel.tarball=/usr/src/linux-source-{version}.tar.xz` once "
+                   f"(it extracts it first; `make run` extracts "
+                   f"{'linux-source-' + default if default else 'the default tarball'} on this machine)")
+        pytest.skip(f"no extracted {version} tree in the harness cache: {how}")
     return t
 
 

@@ -129,13 +129,27 @@ SYSCALL_DEFINE0(host_cpuid)
 
 
 # -- hosts -----------------------------------------------------------------------------------
-REF_RET = {"6.1": "+\t\tval[0] = READ_ONCE(vcpu->cpu);", "5.4": "+\t\tval = READ_ONCE(vcpu->cpu);"}
+REF_RET = {"6.12": "+\t\tval[0] = READ_ONCE(vcpu->cpu);", "6.1": "+\t\tval[0] = READ_ONCE(vcpu->cpu);",
+           "5.4": "+\t\tval = READ_ONCE(vcpu->cpu);"}
+_DEFINE_6 = ("+#define KVM_HOST_CPUID_FUNC_ID\t\t\t\t\t\t\\\n+\tARM_SMCCC_CALL_VAL(ARM_SMCCC_FAST_CALL, ARM_SMCCC_SMC_64,\t\\\n"
+             "+\t\t\t   ARM_SMCCC_OWNER_VENDOR_HYP, 0x40)")
 REF_DEFINE = {
-    "6.1": "+#define KVM_HOST_CPUID_FUNC_ID\t\t\t\t\t\t\\\n+\tARM_SMCCC_CALL_VAL(ARM_SMCCC_FAST_CALL, ARM_SMCCC_SMC_64,\t\\\n"
-           "+\t\t\t   ARM_SMCCC_OWNER_VENDOR_HYP, 0x40)",
+    "6.12": _DEFINE_6,
+    "6.1": _DEFINE_6,
     "5.4": "+#define KVM_HOST_CPUID_FUNC_ID\t\t\t\t\t\t\\\n+\tARM_SMCCC_CALL_VAL(ARM_SMCCC_FAST_CALL, ARM_SMCCC_SMC_64, 6, 0x40)",
 }
-VAL = {"6.1": "val[0]", "5.4": "val"}
+VAL = {"6.12": "val[0]", "6.1": "val[0]", "5.4": "val"}
+# host_cpuid's syscall number (the profile's syscall_nr)
+NR = {"6.12": 463, "6.1": 451, "5.4": 436}
+# arm64 takes its syscall numbers from scripts/syscall.tbl since 6.11: the reference's table line
+TBL = {"6.12": "+463\tcommon\thost_cpuid\t\t\tsys_host_cpuid"}
+# handle_hvc() in arch/arm64/kvm/handle_exit.c: (first line, signature, context lines between
+# '{' and the trace call); host_imm() adds its block after the HVC statistics
+HANDLE_HVC = {
+    "6.12": (37, "static int handle_hvc(struct kvm_vcpu *vcpu)", ""),
+    "6.1": (36, "static int handle_hvc(struct kvm_vcpu *vcpu)", " \tint ret;\n \n"),
+    "5.4": (39, "static int handle_hvc(struct kvm_vcpu *vcpu, struct kvm_run *run)", " \tint ret;\n \n"),
+}
 
 
 def host_returning(profile: str, expr: str, func: Optional[str] = None, pre: str = "", post: str = "",
@@ -156,12 +170,10 @@ def host_imm(profile: str, imm: int = 87, every_hvc: bool = False) -> str:
     ind = "\t" if every_hvc else "\t\t"
     block = (cond + f"{ind}vcpu_set_reg(vcpu, 0, READ_ONCE(vcpu->cpu));\n{ind}return 1;\n"
              + ("" if every_hvc else "\t}\n"))
-    ctx_54 = ("static int handle_hvc(struct kvm_vcpu *vcpu, struct kvm_run *run)", 36)
-    sig = ctx_54[0] if profile == "5.4" else "static int handle_hvc(struct kvm_vcpu *vcpu)"
-    start = 36 if profile == "6.1" else 39
+    start, sig, decl = HANDLE_HVC[profile]
     hunk = (f"diff --git a/arch/arm64/kvm/handle_exit.c b/arch/arm64/kvm/handle_exit.c\n"
             f"--- a/arch/arm64/kvm/handle_exit.c\n+++ b/arch/arm64/kvm/handle_exit.c\n"
-            f"@@ -{start},7 +{start},7 @@ \n {sig}\n {{\n \tint ret;\n \n"
+            f"@@ -{start},7 +{start},7 @@ \n {sig}\n {{\n{decl}"
             " \ttrace_kvm_hvc_arm64(*vcpu_pc(vcpu), vcpu_get_reg(vcpu, 0),\n"
             " \t\t\t    kvm_vcpu_hvc_get_imm(vcpu));\n \tvcpu->stat.hvc_exit_stat++;\n"
             + plus(block) + "\n \n")
@@ -208,8 +220,15 @@ def make_zip(path: Path, files: Dict[str, bytes], folder: str = "", symlinks: Di
 
 
 def fixtures(profile: str) -> List[Fixture]:
-    nr = 451 if profile == "6.1" else 436
+    nr = NR[profile]
     good_vm = guest_asm(profile, "8")
+    # a wrong number, and a table entry naming a function nobody defines: in every table the patch edits
+    bad_nr = edit(edit(good_vm, f"+#define __NR_host_cpuid {nr}", f"+#define __NR_host_cpuid {nr + 1}"),
+                  f"+#define __NR_syscalls {nr + 1}", f"+#define __NR_syscalls {nr + 2}")
+    bad_link = edit(good_vm, "+__SYSCALL(__NR_host_cpuid, sys_host_cpuid)", "+__SYSCALL(__NR_host_cpuid, sys_get_cpuid)")
+    if profile in TBL:
+        bad_nr = edit(bad_nr, TBL[profile], TBL[profile].replace(f"+{nr}\t", f"+{nr + 1}\t", 1))
+        bad_link = edit(bad_link, TBL[profile], TBL[profile].replace("\tsys_host_cpuid", "\tsys_get_cpuid"))
     full = {"hypercall": 40, "syscall": 40}
     f = [
         Fixture("good-id8", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", func="8"), good_vm,
@@ -242,12 +261,9 @@ SYSCALL_DEFINE0(host_cpuid)
 }
 """), expect={"class": "syscall-wrong", "fails": ["sc.one_hvc", "sc.value"], "hypercall": 40, "syscall": 18},
             e2e=True),
-        Fixture("bad-nr", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", func="8"),
-                edit(edit(good_vm, f"+#define __NR_host_cpuid {nr}", f"+#define __NR_host_cpuid {nr + 1}"),
-                     f"+#define __NR_syscalls {nr + 1}", f"+#define __NR_syscalls {nr + 2}"),
+        Fixture("bad-nr", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", func="8"), bad_nr,
                 expect={"class": "syscall-wrong", "fails": ["sc.number"], "hypercall": 40}),
-        Fixture("bad-link", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", func="8"),
-                edit(good_vm, "+__SYSCALL(__NR_host_cpuid, sys_host_cpuid)", "+__SYSCALL(__NR_host_cpuid, sys_get_cpuid)"),
+        Fixture("bad-link", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", func="8"), bad_link,
                 expect={"class": "syscall-wrong", "fails": ["sc.builds"], "hypercall": 40}),
         Fixture("bad-asm", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", func="8"),
                 guest_asm(profile, body="""

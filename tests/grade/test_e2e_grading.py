@@ -1,10 +1,17 @@
 """Grading on the real stack: builds (sandboxed), L1/L2 boots, the three pairings.
 
-`pytest -m e2e tests/grade` grades the representative 6.1 subset (fixtures with
-e2e=True: one correct design, one wrong host, one wrong guest); `pytest -m grade_full`
-grades every 6.1 fixture (and, with KVM_HARNESS_KERNEL_TREE=<v5.4 tree>, every 5.4
-fixture).  Each lands in its expected class: the failing checks named in the fixture
-FAIL, and the half the fixture does not break gets its full points."""
+The kernel is this machine's default, as configs/grade.yaml's `kernel.tarball: auto` picks it
+(harness/distro.py: linux-source-6.1 on Debian 12, linux-source-6.12 on Debian 13), and the
+fixtures are that profile's.  `pytest -m e2e tests/grade` grades the representative subset
+(fixtures with e2e=True: one correct design, one wrong host, one wrong guest); `pytest -m
+grade_full` grades every fixture of the default profile (and, with
+KVM_HARNESS_KERNEL_TREE=<v5.4 tree>, every 5.4 fixture).  Each lands in its expected class:
+the failing checks named in the fixture FAIL, and the half the fixture does not break gets
+its full points.
+
+KVM_HARNESS_GRADE_TARBALL=/usr/src/linux-source-X.Y.tar.xz grades another of Debian's
+tarballs instead, with the X.Y profile's fixtures (e.g. 6.12 on a Debian 12 machine that has
+linux-source-6.12 from bookworm-backports)."""
 import json
 import os
 from pathlib import Path
@@ -13,10 +20,11 @@ import pytest
 
 from harness import config
 from harness.grade import batch, rubric
+from tests.grade.conftest import grading_source
 from tests.grade.fixtures import fixtures, make_zip
 
 
-def grade_set(tmp_path, profile, subset, tree=None):
+def grade_set(tmp_path, profile, subset, tree=None, tarball=None):
     d = tmp_path / "in"
     d.mkdir()
     chosen = [f for f in fixtures(profile) if subset(f)]
@@ -25,8 +33,12 @@ def grade_set(tmp_path, profile, subset, tree=None):
     cfg = config.load(config.CONFIGS / "grade.yaml")
     if tree:
         cfg = config.override(cfg, config.tree_assignments(tree))
+    elif tarball:
+        cfg = config.override(cfg, [f"kernel.tarball={json.dumps(str(tarball))}"])
     out = tmp_path / "out"
     ctx = batch.make_context(cfg, rubric.load(), out, True, print)
+    # the grader selects the profile from the extracted tree: it must be the fixtures'
+    assert ctx.profile.name == profile, (ctx.profile.name, profile, ctx.tree)
     res = {r["id"]: r for r in batch.grade_batch([d], ctx, jobs=1)}
     return chosen, res
 
@@ -55,15 +67,18 @@ def assert_expected(f, r):
 
 
 @pytest.mark.e2e
-def test_grade_representative_61(tmp_path):
-    chosen, res = grade_set(tmp_path, "6.1", lambda f: f.e2e)
+def test_grade_representative(tmp_path):
+    tarball, profile = grading_source()
+    chosen, res = grade_set(tmp_path, profile, lambda f: f.e2e, tarball=tarball)
+    assert [f.name for f in chosen] == ["good-id8", "bad-vcpuid", "bad-nohvc"]
     for f in chosen:
         assert_expected(f, res[f.name])
 
 
 @pytest.mark.grade_full
-def test_grade_all_61(tmp_path):
-    chosen, res = grade_set(tmp_path, "6.1", lambda f: True)
+def test_grade_all(tmp_path):
+    tarball, profile = grading_source()
+    chosen, res = grade_set(tmp_path, profile, lambda f: True, tarball=tarball)
     for f in chosen:
         assert_expected(f, res[f.name])
 

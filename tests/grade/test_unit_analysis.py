@@ -3,7 +3,9 @@ import subprocess
 import pytest
 
 from harness.grade import diffcheck, static
-from tests.grade.fixtures import fixtures, ref
+from tests.grade import conftest
+from tests.grade.conftest import tree_or_skip
+from tests.grade.fixtures import NR, TBL, fixtures, ref
 
 
 def ev(text, role):
@@ -13,15 +15,21 @@ def ev(text, role):
     return static.host_evidence(t) if role == "host" else static.guest_evidence(t)
 
 
-@pytest.mark.parametrize("profile", ["6.1", "5.4"])
+def test_syscall_numbers_are_the_profiles():
+    from harness.profiles import all_profiles
+
+    assert NR == {v: p.syscall_nr for v, p in all_profiles().items()}
+
+
+@pytest.mark.parametrize("profile", ["6.12", "6.1", "5.4"])
 def test_reference_ids_evaluated(profile):
     assert 0xC6000040 in ev(ref(profile, "kvm.patch"), "host")["func_ids"]
     g = ev(ref(profile, "vm.patch"), "guest")
     assert g["func_ids"] == [0xC6000040] and g["hvc_imms"] == [0]
-    assert g["syscall"]["nr"] == (451 if profile == "6.1" else 436)
+    assert g["syscall"]["nr"] == NR[profile]
 
 
-@pytest.mark.parametrize("profile", ["6.1", "5.4"])
+@pytest.mark.parametrize("profile", ["6.12", "6.1", "5.4"])
 def test_fixture_designs_read(profile):
     fx = {f.name: f for f in fixtures(profile)}
     assert ev(fx["good-id8"].kvm, "host")["func_ids"] == [8]
@@ -38,6 +46,17 @@ def test_fixture_designs_read(profile):
     assert any("link error" in n for n in ev(fx["bad-link"].vm, "guest")["notes"])
     assert any("no hvc" in n for n in ev(fx["bad-nohvc"].vm, "guest")["notes"])
     assert any("arm32 register" in n for n in ev(fx["bad-asm"].vm, "guest")["notes"])
+    assert ev(fx["bad-nr"].vm, "guest")["syscall"]["nr"] == NR[profile] + 1
+
+
+def test_612_fixtures_edit_the_table_arm64_builds_from():
+    # from 6.11 arm64's syscall numbers come from scripts/syscall.tbl, not asm-generic/unistd.h
+    fx = {f.name: f for f in fixtures("6.12")}
+    assert TBL["6.12"] in fx["good-id8"].vm
+    assert "+464\tcommon\thost_cpuid\t\t\tsys_host_cpuid" in fx["bad-nr"].vm and TBL["6.12"] not in fx["bad-nr"].vm
+    assert "+463\tcommon\thost_cpuid\t\t\tsys_get_cpuid" in fx["bad-link"].vm
+    # handle_hvc() has no 'int ret;' since 6.4: the immediate-keyed hosts use its 6.12 context
+    assert " \tint ret;" not in fx["good-imm87"].kvm and "@@ -37,6 +37,10 @@" in fx["good-imm87"].kvm
 
 
 def test_shape_crlf_strip_reversed_roles():
@@ -75,10 +94,12 @@ def test_apply_modes_against_a_tree(tmp_path):
     assert diffcheck.check(diff.encode(), "host", tree).apply == "fails"
 
 
-def test_fixtures_apply_to_61(tree61):
-    for f in fixtures("6.1"):
+@pytest.mark.parametrize("profile", ["6.12", "6.1"])
+def test_fixtures_apply_to_cached_tree(profile):
+    tree = tree_or_skip(profile)
+    for f in fixtures(profile):
         for role, text in (("host", f.kvm), ("guest", f.vm)):
-            d = diffcheck.check(text.encode(), role, tree61)
+            d = diffcheck.check(text.encode(), role, tree)
             assert d.apply == ("fails" if (f.name, role) == ("bad-apply", "guest") else "exact"), (f.name, role, d.apply_detail)
 
 
@@ -93,6 +114,35 @@ def test_bad_preempt_fixture_is_valid_c_that_leaves_preemption_disabled():
     # it once lacked the ';' and failed to build: graded hc.builds, not the preemption bug it is about
     from tests.grade.fixtures import fixtures
 
-    for prof in ("6.1", "5.4"):
+    for prof in ("6.12", "6.1", "5.4"):
         kvm = {f.name: f for f in fixtures(prof)}["bad-preempt"].kvm
         assert "+\t\tpreempt_disable();\n" in kvm and "preempt_enable" not in kvm
+
+
+def test_tree_skip_names_the_tarball_that_extracts_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))   # no extracted tree
+    monkeypatch.setattr(conftest.sources, "auto_tarball",
+                        lambda: (tmp_path / "linux-source-6.12.tar.xz", "Debian 13 ships linux-source-6.12"))
+    with pytest.raises(pytest.skip.Exception, match=r"no extracted 6.12 tree .*`make run` once "
+                                                    r"\(it extracts linux-source-6.12\)"):
+        tree_or_skip("6.12")
+    with pytest.raises(pytest.skip.Exception, match=r"kernel.tarball=/usr/src/linux-source-6.1.tar.xz.* `make run` "
+                                                    r"extracts linux-source-6.12 on this machine"):
+        tree_or_skip("6.1")
+
+
+def test_grading_source_follows_the_default_or_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv(conftest.ENV_GRADE_TARBALL, raising=False)
+    monkeypatch.setattr(conftest.sources, "auto_tarball", lambda: (tmp_path / "linux-source-6.12.tar.xz", ""))
+    assert conftest.grading_source() == (None, "6.12")
+    tarball = tmp_path / "linux-source-6.1.tar.xz"
+    tarball.write_bytes(b"")
+    monkeypatch.setenv(conftest.ENV_GRADE_TARBALL, str(tarball))
+    assert conftest.grading_source() == (tarball, "6.1")
+
+    def none():
+        raise conftest.SourceError("kernel.tarball: auto: no /usr/src/linux-source-X.Y.tar.xz; install linux-source-6.12")
+    monkeypatch.delenv(conftest.ENV_GRADE_TARBALL)
+    monkeypatch.setattr(conftest.sources, "auto_tarball", none)
+    with pytest.raises(pytest.skip.Exception, match="no kernel source to grade on: .*install linux-source-6.12"):
+        conftest.grading_source()

@@ -9,6 +9,7 @@ from harness import config
 from harness.grade import batch, outputs, rubric
 from harness.grade.grader import Context
 from harness.profiles import all_profiles
+from tests.grade.conftest import tree_or_skip
 from tests.grade.fixtures import bad_zips, fixtures, make_zip
 
 
@@ -22,8 +23,8 @@ def inbox(tmp_path):
     return d
 
 
-def ctx(out, tree=None):
-    return Context(base=config.load(config.CONFIGS / "grade.yaml"), profile=all_profiles()["6.1"], tree=tree,
+def ctx(out, tree=None, profile="6.1"):
+    return Context(base=config.load(config.CONFIGS / "grade.yaml"), profile=all_profiles()[profile], tree=tree,
                    rubric=rubric.load(), out=out, run_pairings=False, progress=lambda m: None)
 
 
@@ -69,9 +70,16 @@ def test_shards_partition_and_merge(inbox, tmp_path):
     assert len(merged) == 20 and len(list(csv.DictReader(open(tmp_path / "m" / "grades.csv")))) == 20
 
 
-def test_static_with_tree_names_the_patch_that_does_not_apply(inbox, tmp_path, tree61):
+@pytest.mark.parametrize("profile", ["6.12", "6.1"])
+def test_static_with_tree_names_the_patch_that_does_not_apply(tmp_path, profile):
+    tree = tree_or_skip(profile)
+    d = tmp_path / "in"
+    d.mkdir()
+    for f in fixtures(profile):
+        if f.name in ("bad-apply", "good-id8"):
+            make_zip(d / f"{f.name}_hw2.zip", f.files())
     out = tmp_path / "out"
-    batch.grade_batch([inbox / "bad-apply_hw2.zip", inbox / "good-id8_hw2.zip"], ctx(out, tree61))
+    batch.grade_batch([d], ctx(out, tree, profile))
     r = json.loads((out / "submissions" / "bad-apply" / "results.json").read_text())
     c = {c["id"]: c for c in r["checks"]}
     assert c["sc.builds"]["status"] == "FAIL" and "unistd.h" in c["sc.builds"]["reason"]

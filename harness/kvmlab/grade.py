@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .. import buildlog
 from . import build as buildmod
 from . import fileops, guestapi, oracle
 from . import rubric as rubricmod
@@ -302,11 +303,14 @@ class Grader:
             self._skip_rest(f"the submission does not build: {own.missing_header} is missing")
             return
         if not own.ok:
+            # the first error of the most lenient build, in words (file:line: tool: message)
+            found = buildlog.first_error(own.log.read_text(errors="replace"))
             self._set("build", FAIL, "the submission does not build with upstream's flags, with Ubuntu's "
-                                     "compiler defaults, nor with warnings not fatal",
+                                     "compiler defaults, nor with warnings not fatal"
+                                     + (f": {found.headline()}" if found else ""),
                       evidence=[f"builds tried: {', '.join(tried)}",
                                 f"last command: {' '.join(own.argv)} (in a copy of the harness build dir)"]
-                      + own.notes, output=_tail(own.log.read_bytes(), 2000))
+                      + own.notes, output=found.context if found else _tail(own.log.read_bytes(), 2000))
             self._skip_rest("the submission does not build")
             return
         self.profile = own.profile

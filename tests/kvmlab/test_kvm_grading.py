@@ -110,6 +110,8 @@ def test_build_error(graded):
     r = graded["build_error"]
     assert r.verdict == "FAIL" and r.check("build").status == "FAIL"
     assert "error" in r.check("build").output
+    # the cause in the first line: the file and line, the tool, gcc's own words
+    assert "guest.c:" in r.check("build").message and "compiler: expected ';'" in r.check("build").message
 
 
 def test_reports(graded, tmp_path):

@@ -100,7 +100,11 @@ def test_fixtures_apply_to_cached_tree(profile):
     for f in fixtures(profile):
         for role, text in (("host", f.kvm), ("guest", f.vm)):
             d = diffcheck.check(text.encode(), role, tree)
-            assert d.apply == ("fails" if (f.name, role) == ("bad-apply", "guest") else "exact"), (f.name, role, d.apply_detail)
+            # the references are written on one 6.12.y (bookworm-backports' 6.12.117); on
+            # another (Debian 13's 6.12.107, found in the trixie root) a hunk moves a line:
+            # an offset, never fuzz or a failure
+            want = ("fails",) if (f.name, role) == ("bad-apply", "guest") else ("exact", "offset")
+            assert d.apply in want, (f.name, role, d.apply, d.apply_detail)
 
 
 def test_fixtures_apply_to_54(tree54):

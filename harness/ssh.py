@@ -26,6 +26,13 @@ class Result:
     err: str
 
 
+def _short(cmd: str, limit: int = 100) -> str:
+    """A command for a one-line message: an inline script becomes its first words and its
+    arguments (``sh -c '...' name args``), the rest is in ssh.log."""
+    one = " ".join(cmd.split())
+    return one if len(one) <= limit else one[:limit - 20] + " ... " + one[-15:]
+
+
 def _host_key(pub_line: str) -> paramiko.PKey:
     kind, b64 = pub_line.split()[:2]
     data = base64.b64decode(b64)
@@ -95,12 +102,13 @@ class Session:
             err = stderr.read().decode("utf-8", "replace")
             rc = stdout.channel.recv_exit_status()
         except socket.timeout:
-            raise StageTimeout(f"{self.name}: `{cmd}` did not finish within {timeout:.0f} s", stage=stage) from None
+            raise StageTimeout(f"{self.name}: `{_short(cmd)}` did not finish within {timeout:.0f} s",
+                               stage=stage) from None
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise InfraError(f"{self.name}: SSH failed while running `{cmd}`: {e}", stage=stage) from None
+            raise InfraError(f"{self.name}: SSH failed while running `{_short(cmd)}`: {e}", stage=stage) from None
         self._record(out + err + (f"[exit {rc}]\n" if rc else ""))
         if check and rc != 0:
-            raise GuestCommandError(f"{self.name}: `{cmd}` exited {rc}", stage=stage,
+            raise GuestCommandError(f"{self.name}: `{_short(cmd)}` exited {rc}", stage=stage,
                                     tail=(out + err)[-3000:])
         return Result(argv, rc, out, err)
 
@@ -112,7 +120,7 @@ class Session:
             chan = self.client.get_transport().open_session()
             chan.exec_command(cmd)
         except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
-            raise InfraError(f"{self.name}: SSH failed while starting `{cmd}`: {type(e).__name__} {e}",
+            raise InfraError(f"{self.name}: SSH failed while starting `{_short(cmd)}`: {type(e).__name__} {e}",
                              stage="guest-command") from None
         return chan
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import Tuple
 
 import pytest
 
-from harness import cache, config, profiles, resources, sources
+from harness import cache, config, images, profiles, resources, sources, ssh
 from harness.errors import SourceError
 
 from .conftest import (Live, alive, descendants, harness_argv, in_overlay, no_process_left, processes_mentioning,
@@ -261,6 +262,31 @@ def test_l1_qemu_killed_mid_scenario(warm, tmp_path):
 
 
 # -- the cache ------------------------------------------------------------------------------
+
+def test_l1_ssh_server_killed_mid_scenario(warm, tmp_path):
+    """L1's dropbear (the listener and every session, the harness's included) killed while
+    the workload runs in L2: the machine's failure, named, with nothing left running."""
+    run_dir = tmp_path / "run"
+    live = Live(harness_argv("run", "--run-dir", str(run_dir), "--set", "scenarios=[{name: long, calls: 200000}]"))
+    try:
+        live.wait_for("scenario long (")
+        cmdline = (run_dir / "l1-qemu.cmdline").read_text()
+        port = int(re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22\b", cmdline).group(1))
+        ident = images.ssh_identity()
+        own = ssh.Session.connect("l1-fault", "127.0.0.1", port, ident.client_key, ident.host_pub)
+        # the kill takes this session down too: start it, do not wait for an answer
+        own.start(["sh", "-c", "sleep 0.5; killall -9 dropbear"])
+        r = live.finish(timeout=300)
+        own.close()
+    finally:
+        live.kill()
+    assert r.rc == 3, r.out[-3000:]
+    line = failed_line(r.out)
+    assert "(the machine or harness)" in line and "SSH" in line and "unexpected" not in line, line
+    assert "l1" in line, line
+    assert summary_of(run_dir)["error"]["kind"] == "infra"
+    assert no_process_left(str(run_dir)) == []
+
 
 def test_truncated_cached_image_is_rebuilt_not_booted(warm, tmpfs, tmp_path):
     r = run(harness_argv("build", "--log-dir", str(tmp_path / "logs")))

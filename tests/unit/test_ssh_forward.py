@@ -18,3 +18,13 @@ def test_pump_copies_both_ways_and_closes_on_eof():
     t.join(5)
     assert not t.is_alive()
     assert remote.recv(100) == b""
+
+
+def test_a_failed_inline_script_is_named_in_one_line():
+    from harness.ssh import _short
+
+    script = "sh -c '\nT=$1; out=$2\necho 0 > \"$T/tracing_on\"\n" + "cat x\n" * 30 + "' hosttrace-stop /sys/kernel/tracing /tmp/h.txt"
+    short = _short(script)
+    assert "\n" not in short and len(short) <= 100
+    assert short.startswith("sh -c ' T=$1; out=$2") and short.endswith("/tmp/h.txt")
+    assert _short("taskset -p 3 42") == "taskset -p 3 42"

@@ -62,6 +62,14 @@ def requested_symbols(fragment_text: str) -> Dict[str, str]:
     return out
 
 
+def _strip_prefixes(text: str, *prefixes: str) -> str:
+    """``text`` with each prefix removed where it starts a path (at a line start or after a
+    space, a quote, a bracket, a colon or '=')."""
+    for p in prefixes:
+        text = re.sub(r"(^|[\s'\"`(\[:=])" + re.escape(p), r"\1", text, flags=re.M)
+    return text
+
+
 def missing_symbols(requested: Dict[str, str], final_config: str) -> List[str]:
     """Requested values that did not survive into the final .config."""
     final = requested_symbols(final_config)
@@ -298,8 +306,9 @@ class Builder:
             text += "\n" + e.tail
         src = self.work / "src"
         exists = lambda rel: (src / rel).exists()  # noqa: E731
-        # out-of-tree builds name sources by absolute path: say them as the tree does
-        tree_relative = lambda t: t.replace(f"{src}/", "")  # noqa: E731
+        # out-of-tree builds name sources by absolute path (6.1) or relative to the build
+        # directory (../src/..., newer kbuild and make 4.4): say them as the tree does
+        tree_relative = lambda t: _strip_prefixes(t, f"{src}/", os.path.relpath(src, self.work / "build") + "/")  # noqa: E731
         text = tree_relative(text)
         exhausted = buildlog.exhaustion(text) or buildlog.exhaustion(e.message)  # the log itself may be unwritable
         found = None

@@ -383,3 +383,21 @@ def test_truncated_cached_image_is_rebuilt_not_booted(env):
     assert any("damaged (Image has 3 bytes" in m for m in env.messages[messages:])
     assert "kvm PATCH-A" in image_of(again)
     assert again.image.stat().st_size == first.meta["image_bytes"]
+
+
+def test_source_paths_are_said_as_the_tree_does_absolute_or_relative_to_the_build():
+    """6.1's kbuild names sources by absolute path; 6.12 (and v5.4 under make 4.4) by
+    ../src/...: found in the Debian 13 root, where the first error read
+    '../src/arch/arm64/kernel/host_cpuid.c:21'."""
+    from harness.kbuild import _strip_prefixes
+
+    log = ("../src/arch/arm64/kernel/host_cpuid.c:21:9: error: 'x' undeclared\n"
+           "In file included from /c/work/k-guest/src/include/linux/list.h:5,\n"
+           "make[4]: *** [../src/scripts/Makefile.build:229: arch/arm64/kernel/host_cpuid.o] Error 1\n"
+           "keep ../srcfoo/a.c and x/../src/b.c\n")
+    out = _strip_prefixes(log, "/c/work/k-guest/src/", "../src/")
+    assert out.splitlines() == [
+        "arch/arm64/kernel/host_cpuid.c:21:9: error: 'x' undeclared",
+        "In file included from include/linux/list.h:5,",
+        "make[4]: *** [scripts/Makefile.build:229: arch/arm64/kernel/host_cpuid.o] Error 1",
+        "keep ../srcfoo/a.c and x/../src/b.c"]

@@ -392,10 +392,10 @@ def test_source_paths_are_said_as_the_tree_does_absolute_or_relative_to_the_buil
     from harness.kbuild import _strip_prefixes
 
     log = ("../src/arch/arm64/kernel/host_cpuid.c:21:9: error: 'x' undeclared\n"
-           "In file included from /c/work/k-guest/src/include/linux/list.h:5,\n"
+           "In file included from /cache/wt/k-guest/src/include/linux/list.h:5,\n"
            "make[4]: *** [../src/scripts/Makefile.build:229: arch/arm64/kernel/host_cpuid.o] Error 1\n"
            "keep ../srcfoo/a.c and x/../src/b.c\n")
-    out = _strip_prefixes(log, "/c/work/k-guest/src/", "../src/")
+    out = _strip_prefixes(log, "/cache/wt/k-guest/src/", "../src/")
     assert out.splitlines() == [
         "arch/arm64/kernel/host_cpuid.c:21:9: error: 'x' undeclared",
         "In file included from include/linux/list.h:5,",

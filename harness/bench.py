@@ -152,8 +152,9 @@ def main() -> int:
     e = fig["experiment"]
     to = e["trace_overhead"]
     print(f"six-scenario experiment (warm):   {e['seconds']} s  ({', '.join(f'{k} {v}' for k, v in e['verdicts'].items())})")
+    low, high = to.get("overhead_pct_range") or ("?", "?")
     print(f"L1 tracing overhead:              {to.get('overhead_pct')} % (median of {to.get('rounds')} on/off pairs, "
-          f"pairs from {(to.get('overhead_pct_range') or ['?', '?'])[0]} to {(to.get('overhead_pct_range') or ['?', '?'])[1]} %; "
+          f"pairs from {low} to {high} %; "
           f"host_cpuid calls/s on {to.get('calls_per_s_tracing_on')}, off {to.get('calls_per_s_tracing_off')})")
     print(f"report rendering (stored run):    {e['report_render_s']} s")
     print(f"saved: {args.out}")

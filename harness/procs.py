@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Callable, Dict, List, Mapping, Optional, Sequence, Type, Union
+from typing import IO, Callable, Dict, Mapping, Optional, Sequence, Type, Union
 
 from . import buildlog
 from .errors import INFRA, HarnessError, InfraError, tail_of
@@ -164,18 +164,18 @@ def run(
         return error(f"{what}: {message}", stage=stage, log=log, tail=None if log else tail_of(out),
                      reproduce=repro, kind=INFRA if exhausted else None)
 
-    log_error: List[str] = []
+    log_error: Optional[str] = None  # why the log stopped being writable
 
     def log_write(data: bytes) -> bool:
         """Write to the log; when its file system fails (e.g. full), keep the output in
         memory instead, so the tool's own words (ld: No space left on device) still reach
         the report."""
-        nonlocal logf
+        nonlocal logf, log_error
         try:
             logf.write(data)
             return True
         except OSError as e:
-            log_error.append(e.strerror or str(e))
+            log_error = e.strerror or str(e)
             try:
                 logf.close()
             except OSError:
@@ -214,7 +214,7 @@ def run(
                 pass
     if log_error:  # the output after the failed write is in memory: show it
         out = b"".join(chunks).decode("utf-8", "replace")
-        raise error(f"{what}: cannot write its log {log}: {log_error[0]}"
+        raise error(f"{what}: cannot write its log {log}: {log_error}"
                     + (f"; the command then failed with exit code {rc}" if rc else ""),
                     stage=stage, kind=INFRA, tail=tail_of(out) or None, log=log, reproduce=repro)
     if check and rc != 0:

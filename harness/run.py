@@ -327,6 +327,7 @@ def trace_overhead(stack: Stack, tracer: hosttrace.HostTracer, v: int, threads: 
     measurement must hold exactly the calls of the "on" rounds: "off" really is off."""
     rates: Dict[str, List[float]] = {"on": [], "off": []}
     per_pair: List[float] = []
+    trace_file = stack.run_dir / "logs" / "trace-overhead-l1-trace.txt"
     tracer.start(threads)
     try:
         for i in range(pairs):
@@ -340,10 +341,8 @@ def trace_overhead(stack: Stack, tracer: hosttrace.HostTracer, v: int, threads: 
             if got["off"]:
                 per_pair.append(100.0 * (got["off"] - got["on"]) / got["off"])
     finally:
-        trace_file = stack.run_dir / "logs" / "trace-overhead-l1-trace.txt"
         tracer.stop(trace_file)
-    host = groundtruth.parse(trace_file)
-    recorded = sum(1 for h in host.hvcs if h.pid == threads[v] and key.matches(h))
+    recorded = len(groundtruth.call_times(groundtruth.parse(trace_file), threads[v], key))
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     return {"calls_per_s_tracing_on": round(on, 1), "calls_per_s_tracing_off": round(off, 1),
             "overhead_pct": round(statistics.median(per_pair), 2) if per_pair else None,

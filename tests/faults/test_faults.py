@@ -80,6 +80,12 @@ def test_disk_full_while_extracting_the_source(tmpfs, tmp_path, monkeypatch):
     assert (tree.root / "Makefile").is_file() and tree.version[:2] == default_tarball()[1]
 
 
+def assert_stopped_by_the_interrupt(r) -> None:
+    """Exit 130 and the CLI's own check that every child of the run is gone."""
+    assert r.rc == 130, r.out[-3000:]
+    assert "interrupted: every QEMU and build process of this run was stopped (checked)" in r.out
+
+
 def _variant_vm_patch(tmp_path: Path, old: str, new: str) -> Path:
     text = ref_vm_patch().read_text()
     assert text.count(old) == 1
@@ -135,8 +141,7 @@ def test_sigint_during_a_kernel_build_stops_make_and_the_next_build_goes_on(warm
         r = live.finish()
     finally:
         live.kill()
-    assert r.rc == 130, r.out[-3000:]
-    assert "interrupted: every QEMU and build process of this run was stopped (checked)" in r.out
+    assert_stopped_by_the_interrupt(r)
     left = [f"{pid}: {cmd[:120]}" for pid, cmd in builders if alive(pid)]
     assert left == [], left
     # the interrupted worktree is not trusted as it was left: the same build succeeds
@@ -224,8 +229,7 @@ def test_sigint_at_each_stage_stops_every_qemu(warm, tmp_path, stage):
         r = live.finish()
     finally:
         live.kill()
-    assert r.rc == 130, r.out[-3000:]
-    assert "interrupted: every QEMU and build process of this run was stopped (checked)" in r.out
+    assert_stopped_by_the_interrupt(r)
     assert no_process_left(str(run_dir), grace=1) == []
 
 

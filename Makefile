@@ -57,7 +57,7 @@ faults: setup-python
 test: setup unit e2e faults
 
 bench: setup
-	$(PYTHON) -m harness.bench
+	$(PYTHON) -m harness.bench $(if $(COLD),--cold)
 
 soak: setup-python
 	$(PYTHON) -m harness.bench soak $(or $(N),20)

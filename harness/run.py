@@ -526,9 +526,9 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
             "profile": art.profile.name, "syscall_nr": art.profile.syscall_nr,
             "hvc_func_id": hex(art.profile.hvc_func_id),
             "patches": {"host": art.host.meta.get("patch"), "guest": art.guest.meta.get("patch")},
-            "builds": {"host": {"key": art.host.key, "cached": art.host.cached, "seconds": art.host.meta.get("seconds")},
-                       "guest": {"key": art.guest.key, "cached": art.guest.cached,
-                                 "seconds": art.guest.meta.get("seconds")}},
+            "builds": {b.role: {"key": b.key, "cached": b.cached, "seconds": b.meta.get("seconds"),
+                                "cpu_seconds": b.meta.get("cpu_seconds"), "files": b.meta.get("compiled_files")}
+                       for b in (art.host, art.guest)},
             "prepare_s": art.seconds,
         })
         for b in (art.host, art.guest):

@@ -2,6 +2,7 @@
 driven against a tiny fake kernel tree whose Makefile mimics kbuild's interface
 (``make -C src O=build ARCH=... allnoconfig|Image``)."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,7 @@ def test_make_argv(env, monkeypatch):
     assert "-j" not in " ".join(b.make_argv("allnoconfig"))
     assert b.work == cache.cache_root() / "work" / b.config_key
     assert "CCACHE_DIR" not in b.make_env() and b.make_env()["KBUILD_BUILD_TIMESTAMP"] == "1970-01-01"
+    assert b.make_env()["KBUILD_BUILD_VERSION"] == "1"   # not how often the worktree linked before
 
 
 def test_make_argv_profile_vars_and_ccache(env, monkeypatch):
@@ -198,6 +200,8 @@ def test_make_argv_profile_vars_and_ccache(env, monkeypatch):
     assert "CC=ccache aarch64-linux-gnu-gcc" in argv
     assert argv[-3:] == ["LLVM=0", "W=1", "Image"]
     assert b.make_env()["CCACHE_DIR"] == str(cache.cache_root() / "ccache")
+    assert b.make_env()["CCACHE_PREFIX_CPP"] == str(kbuild.CPP_KEY) and "CCACHE_DEPEND" not in b.make_env()
+    assert os.access(kbuild.CPP_KEY, os.X_OK)
     # ccache and make variables are part of the configuration's identity
     assert b.config_key != env.builder().config_key
 

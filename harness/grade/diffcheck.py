@@ -24,7 +24,7 @@ TOP_DIRS = {"arch", "block", "certs", "crypto", "Documentation", "drivers", "fs"
             "Makefile", "Kconfig"}
 GUEST_FILES = re.compile(r"^(include/uapi/asm-generic/unistd\.h|include/linux/syscalls\.h|"
                          r"arch/arm64/include/asm/unistd(32)?\.h|arch/arm64/kernel/sys(call)?\.c|kernel/sys\.c|"
-                         r"arch/arm64/kernel/host_cpuid[^/]*|kernel/host_cpuid[^/]*)$")
+                         r"arch/arm64/kernel/host_cpuid[^/]*|kernel/host_cpuid[^/]*|scripts/syscall\.tbl)$")
 HOST_FILES = re.compile(r"^(virt/kvm/|arch/arm64/kvm/|include/kvm/|arch/arm64/include/asm/kvm_)")
 _HDR = re.compile(r"^(---|\+\+\+) (\S+)")
 _INDEX = re.compile(r"^index ([0-9a-f]{7,40})\.\.([0-9a-f]{7,40})")

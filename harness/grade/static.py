@@ -249,18 +249,24 @@ def guest_evidence(text: Optional[str]) -> dict:
             ev["notes"].append(f"arm32 register names in arm64 assembly: {s}")
     nr = re.search(r"#\s*define\s+(__NR_\w+)\s+(\d+)", joined)
     entry = re.search(r"__SYSCALL\(\s*(__NR_\w+|\d+)\s*,\s*(\w+)\s*\)", joined)
+    # from 6.11 arm64's numbers and table come from scripts/syscall.tbl: "463 common name sys_name"
+    tbl = next((m for f, _, b in lines if f.endswith("syscall.tbl")
+                for m in [re.match(r"^\s*(\d+)\s+\w+\s+(\w+)\s+(\w+)", b)] if m), None)
     defined = re.findall(r"SYSCALL_DEFINE\d\(\s*(\w+)", joined)
     sc = ev["syscall"]
     if nr:
         sc["name"], sc["nr"] = nr.group(1), int(nr.group(2))
-    if entry:
-        sc["table_entry"] = entry.group(2)
+    elif tbl:
+        sc["name"], sc["nr"] = f"__NR_{tbl.group(2)}", int(tbl.group(1))
+    table_fn = entry.group(2) if entry else tbl.group(3) if tbl else None
+    if table_fn:
+        sc["table_entry"] = table_fn
     sc["defines"] = [f"sys_{d}" for d in defined]
-    if entry and defined and entry.group(2) not in sc["defines"] and not re.search(
-            rf"\b{re.escape(entry.group(2))}\s*\(", joined.replace("SYSCALL_DEFINE", "")):
-        ev["notes"].append(f"the syscall table names {entry.group(2)} but the patch defines "
-                           f"{', '.join(sc['defines'])} (link error: undefined __arm64_{entry.group(2)})")
-    if nr and not entry:
+    if table_fn and defined and table_fn not in sc["defines"] and not re.search(
+            rf"\b{re.escape(table_fn)}\s*\(", joined.replace("SYSCALL_DEFINE", "")):
+        ev["notes"].append(f"the syscall table names {table_fn} but the patch defines "
+                           f"{', '.join(sc['defines'])} (link error: undefined __arm64_{table_fn})")
+    if nr and not table_fn:
         ev["notes"].append(f"{nr.group(1)} is defined but no __SYSCALL() table entry is added (-ENOSYS)")
     if not any(i["how"].startswith(("hvc", "arm_smccc", "__arm_smccc")) for i in ev["issues"]):
         if any(i["how"].startswith("svc") for i in ev["issues"]):

@@ -150,3 +150,28 @@ def test_grading_source_follows_the_default_or_the_variable(tmp_path, monkeypatc
     monkeypatch.setattr(conftest.sources, "auto_tarball", none)
     with pytest.raises(pytest.skip.Exception, match="no kernel source to grade on: .*install linux-source-6.12"):
         conftest.grading_source()
+
+
+def _without(patch: str, path: str) -> str:
+    """The patch without its section for ``path``."""
+    parts = patch.split("diff --git ")
+    return "diff --git ".join(p for p in parts if not p.startswith(f"a/{path} "))
+
+
+def test_612_number_and_entry_read_from_syscall_tbl_alone():
+    # a 6.12 student may edit only scripts/syscall.tbl (arm64's source of truth since 6.11)
+    vm = _without(ref("6.12", "vm.patch"), "include/uapi/asm-generic/unistd.h")
+    assert "asm-generic/unistd.h" not in vm and TBL["6.12"] in vm
+    sc = ev(vm, "guest")
+    assert (sc["syscall"]["nr"], sc["syscall"]["name"], sc["syscall"]["table_entry"]) == \
+        (NR["6.12"], "__NR_host_cpuid", "sys_host_cpuid")
+    assert not [n for n in sc["notes"] if "table" in n]
+    bad = vm.replace("\thost_cpuid\t\t\tsys_host_cpuid", "\thost_cpuid\t\t\tsys_get_cpuid")
+    assert any("names sys_get_cpuid" in n and "link error" in n for n in ev(bad, "guest")["notes"])
+
+
+def test_a_kvm_patch_that_edits_the_612_syscall_table_is_flagged():
+    vm = ref("6.12", "vm.patch")
+    tbl = "diff --git a/scripts/syscall.tbl " + vm.split("diff --git a/scripts/syscall.tbl ")[1].split("diff --git ")[0]
+    d = diffcheck.check((ref("6.12", "kvm.patch") + tbl).encode(), "host")
+    assert "kvm.patch touches the guest's syscall file scripts/syscall.tbl" in d.flags

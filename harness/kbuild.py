@@ -30,19 +30,24 @@ replays the compiler's warnings as they were, line numbers included.  ccache rew
 absolute paths under the cache root to relative ones, so __FILE__ reads ``../src/...``
 on every version (6.12's kbuild does that itself).
 
-Measured on 6.1 (2 cores, quiet, empty caches; ``make bench --cold``):
-  - guest after host: header-byte keys (depend mode) 226 s after a 286 s host (0.79x),
-    both compiling the 515; the cpp key 119 s after a 399 s host (0.30x): the host
-    pays ~0.2 s of preprocessing per file on a miss, the guest preprocesses the 515
-    and hits all but a handful.  A cold `make run` is therefore no faster (512 s of
-    builds against 518 s); the gain is every later build whose header edit differs
-    in bytes only: a grading batch's guests (students write the same two lines
-    differently) and a developer editing unistd.h.
+Measured on 6.1 (2 cores, empty caches; ``kvm-harness build`` back to back, and
+``make bench COLD=1``, which prints these figures):
+  - header-byte keys (depend mode): host 323 s, then guest 245 s (0.76x), both compiling
+    the 515 unistd.h users.
+  - the cpp key: host 423 s (796 CPU-s: ~0.2 s of preprocessing per file on a miss),
+    then guest 119-168 s (215-237 CPU-s, 0.27-0.30x the host's CPU): it preprocesses
+    the 515 and compiles at most a handful.  Cold builds of the pair are therefore as
+    long as before (568 s against 560-590 s); the gain is every later build whose header
+    edit differs in bytes but not in what the compiler sees: a grading batch's guests
+    (students write the same two lines differently: 108-122 s, ~210 CPU-s, against
+    306-329 s compiled from source) and a developer editing unistd.h.
   - Images built with the cpp key are bit-identical to the same builds compiled
     without hits (CCACHE_RECACHE) for the reference vm.patch, a reformatted one and
     one with another syscall number.
   - Not adopted: seeding the guest's worktree from the host's build directory (0.76x
-    against 0.81x: it still compiles the 515, for a new module and worktree layout).
+    against 0.81x: it still compiles the 515, for a new module and worktree layout);
+    threaded xz for the tarball (9.6 s single-threaded, 11.6 s with -T2); hugepage
+    malloc or a tmpfs TMPDIR for cc1 (kernel/fork.c: 1.37 s against 1.30 s, noise).
 """
 from __future__ import annotations
 

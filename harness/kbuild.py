@@ -420,7 +420,7 @@ class Builder:
         else:
             resources.require_disk(self.work_base, resources.KERNEL_BUILD_MB, f"building the {label}")
             self.progress(f"building {label} for Linux {self.source.version_str} "
-                          f"(cold: ~5 min; after a small patch change: seconds)")
+                          f"(cold: 5-8 min on 2 cores; after a small patch change: seconds)")
 
         def do_build(tmp: Path) -> None:
             log = tmp / "build.log"

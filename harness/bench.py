@@ -66,7 +66,7 @@ def guest_after_header_reformat(cfg: config.Config, log_dir: Path) -> dict:
     t0 = time.monotonic()
     kb = b.build("guest", variant, log_dir)
     return {"seconds": round(time.monotonic() - t0, 1), "cpu_seconds": kb.meta.get("cpu_seconds"),
-            "compiled_files": kb.meta.get("compiled_files"), "cached": kb.cached,
+            "compiled_files": kb.meta.get("compiled_files"), "ccache": kb.meta.get("ccache"), "cached": kb.cached,
             "same_image": kb.meta["image_sha256"] == ref.meta["image_sha256"]}
 
 
@@ -163,14 +163,17 @@ def main() -> int:
         h, g = k.get("host") or {}, k.get("guest") or {}
         if h.get("cpu_seconds") and g.get("cpu_seconds"):
             print(f"  host kernel:                    {h['seconds']} s ({h['cpu_seconds']} CPU-s, {h['files']} files)")
-            print(f"  guest kernel after the host:    {g['seconds']} s ({g['cpu_seconds']} CPU-s): "
+            print(f"  guest kernel after the host:    {g['seconds']} s ({g['cpu_seconds']} CPU-s, "
+                  f"{(g.get('ccache') or {}).get('compiled')} files compiled): "
                   f"{g['cpu_seconds'] / h['cpu_seconds']:.2f}x the host's CPU")
     print(f"warm default run:                 {fig['warm_run']['seconds']} s (verdict {fig['warm_run']['verdict']})")
     rb = fig["rebuild_one_line"]
     print(f"rebuild after one-line patch:     {rb.get('seconds')} s ({rb.get('compiled_files')} files)")
     gr = fig["guest_reformatted"]
+    cc = gr.get("ccache") or {}
     print(f"guest for a byte-different header: {gr.get('seconds')} s ({gr.get('cpu_seconds')} CPU-s, "
-          f"{gr.get('compiled_files')} files, same Image: {gr.get('same_image')}){' ' + gr['skipped'] if 'skipped' in gr else ''}")
+          f"{gr.get('compiled_files')} files: {cc.get('compiled')} compiled, {cc.get('cached')} from ccache; "
+          f"same Image: {gr.get('same_image')}){' ' + gr['skipped'] if 'skipped' in gr else ''}")
     print(f"L1 boot to SSH:                   {r['boot'].get('l1_ssh_s')} s")
     b = r["boot"]
     print(f"L2 launch to SSH:                 {b.get('l2_ssh_s')} s (QEMU up {b.get('l2_qemu_started_s')} s, "

@@ -527,7 +527,8 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
             "hvc_func_id": hex(art.profile.hvc_func_id),
             "patches": {"host": art.host.meta.get("patch"), "guest": art.guest.meta.get("patch")},
             "builds": {b.role: {"key": b.key, "cached": b.cached, "seconds": b.meta.get("seconds"),
-                                "cpu_seconds": b.meta.get("cpu_seconds"), "files": b.meta.get("compiled_files")}
+                                "cpu_seconds": b.meta.get("cpu_seconds"), "files": b.meta.get("compiled_files"),
+                                "ccache": b.meta.get("ccache")}
                        for b in (art.host, art.guest)},
             "prepare_s": art.seconds,
         })

@@ -66,7 +66,7 @@ def test_a_failing_preprocessor_fails_the_filter(prog):
 
 @pytest.mark.skipif(not shutil.which("ccache"), reason="ccache not installed (make setup)")
 def test_ccache_hits_across_an_unused_macro_and_the_object_is_the_compilers(prog):
-    env = {**os.environ, **kbuild.ccache_env(prog / "ccache", base=prog)}
+    env = {**os.environ, **kbuild.ccache_env(prog / "ccache", base=prog), "CCACHE_STATSLOG": str(prog / "stats.log")}
     compile_ = ["-Iinc", "-Wp,-MMD,a.d", "-c", "a.c", "-o", "a.o"]
 
     def build(cached: bool) -> bytes:
@@ -87,3 +87,6 @@ def test_ccache_hits_across_an_unused_macro_and_the_object_is_the_compilers(prog
     (prog / "inc" / "h.h").write_text(HEADER.replace("USED 1", "USED 5"))
     changed = build(True)
     assert stats()["cache_miss"] == 2 and changed != hit
+    # the per-build log the harness reads for "N compiled, M from ccache"
+    assert kbuild.ccache_counts(prog / "stats.log") == {"compiled": 2, "cached": 1}
+    assert kbuild.ccache_counts(prog / "no-such.log") is None

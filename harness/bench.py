@@ -164,7 +164,7 @@ def main() -> int:
         if h.get("cpu_seconds") and g.get("cpu_seconds"):
             print(f"  host kernel:                    {h['seconds']} s ({h['cpu_seconds']} CPU-s, {h['files']} files)")
             print(f"  guest kernel after the host:    {g['seconds']} s ({g['cpu_seconds']} CPU-s, "
-                  f"{(g.get('ccache') or {}).get('compiled')} files compiled): "
+                  f"ccache compiled {(g.get('ccache') or {}).get('compiled')} files): "
                   f"{g['cpu_seconds'] / h['cpu_seconds']:.2f}x the host's CPU")
     print(f"warm default run:                 {fig['warm_run']['seconds']} s (verdict {fig['warm_run']['verdict']})")
     rb = fig["rebuild_one_line"]
@@ -172,7 +172,8 @@ def main() -> int:
     gr = fig["guest_reformatted"]
     cc = gr.get("ccache") or {}
     print(f"guest for a byte-different header: {gr.get('seconds')} s ({gr.get('cpu_seconds')} CPU-s, "
-          f"{gr.get('compiled_files')} files: {cc.get('compiled')} compiled, {cc.get('cached')} from ccache; "
+          f"{gr.get('compiled_files')} files through make; ccache compiled {cc.get('compiled')}, "
+          f"served {cc.get('cached')}; "
           f"same Image: {gr.get('same_image')}){' ' + gr['skipped'] if 'skipped' in gr else ''}")
     print(f"L1 boot to SSH:                   {r['boot'].get('l1_ssh_s')} s")
     b = r["boot"]

@@ -493,8 +493,8 @@ class Builder:
             meta["compiler_warnings"] = counter["warnings"]  # old trees with today's gcc: many, none fatal
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             c = meta["ccache"]
-            files = f"{counter['n']} files: {c['compiled']} compiled, {c['cached']} from ccache" if c else \
-                f"{counter['n']} files compiled"
+            files = f"{counter['n']} files through make; ccache compiled {c['compiled']}, served {c['cached']}" \
+                if c else f"{counter['n']} files compiled"
             self.progress(f"{label}: built in {meta['seconds']} s ({files}, "
                           f"{counter['warnings']} compiler warnings; see build.log)")
 

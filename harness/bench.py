@@ -52,8 +52,9 @@ def rebuild_after_patch_change(cfg: config.Config, log_dir: Path) -> dict:
 
 def guest_after_header_reformat(cfg: config.Config, log_dir: Path) -> dict:
     """The guest rebuilt for a vm.patch whose unistd.h edit differs from the reference's
-    in bytes only (a tab for a space), as students' do: ccache's cpp key should serve
-    nearly every object, and the Image must come out the same."""
+    in bytes only (a tab for a space, a comment that is new each time), as students'
+    do: ccache's cpp key should serve nearly every object, and the Image must come out
+    the same."""
     src = sources.resolve(cfg, log_dir, _quiet)
     prof = profiles.select(src.version, cfg.kernel.profile)
     text = prof.reference_vm_patch.read_text()
@@ -62,7 +63,9 @@ def guest_after_header_reformat(cfg: config.Config, log_dir: Path) -> dict:
         return {"skipped": f"{prof.reference_vm_patch} has no line starting {marker!r}"}
     b = kbuild.Builder(src, prof, jobs=cfg.kernel.jobs, use_ccache=cfg.kernel.ccache, progress=_quiet)
     ref = b.build("guest", Patch.from_file(prof.reference_vm_patch, "reference"), log_dir)
-    variant = Patch.parse(text.replace(marker, marker.rstrip() + "\t", 1).encode(), "vm.patch with a tab")
+    line = next(ln for ln in text.splitlines() if ln.startswith(marker))
+    mine = line.replace(marker, marker.rstrip() + "\t", 1) + f" /* bench {time.time_ns()} */"
+    variant = Patch.parse(text.replace(line, mine, 1).encode(), "vm.patch with a tab and a comment")
     t0 = time.monotonic()
     kb = b.build("guest", variant, log_dir)
     return {"seconds": round(time.monotonic() - t0, 1), "cpu_seconds": kb.meta.get("cpu_seconds"),

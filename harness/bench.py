@@ -34,20 +34,30 @@ def timed_default_run(cfg: config.Config, name: str) -> dict:
             "timings": summary.get("timings"), "builds": summary.get("builds")}
 
 
-def rebuild_after_patch_change(cfg: config.Config, log_dir: Path) -> dict:
+def _rebuild_with(cfg: config.Config, log_dir: Path, role: str, marker: str, edit, name: str) -> dict:
+    """The role's reference patch built (cached: the worktree holds it first), then timed:
+    the same patch with its first line starting ``marker`` changed by ``edit``."""
     src = sources.resolve(cfg, log_dir, _quiet)
     prof = profiles.select(src.version, cfg.kernel.profile)
-    text = prof.reference_kvm_patch.read_text()
-    marker = "+ * host_cpuid: a vendor-specific"
-    if marker not in text:
-        return {"skipped": f"{prof.reference_kvm_patch} has no line {marker!r} to change"}
-    changed = text.replace(marker, f"+ * host_cpuid ({time.time_ns()}): a vendor-specific", 1)
+    path = prof.reference_kvm_patch if role == "host" else prof.reference_vm_patch
+    text = path.read_text()
+    line = next((ln for ln in text.splitlines() if ln.startswith(marker)), None)
+    if line is None:
+        return {"skipped": f"{path} has no line starting {marker!r} to change"}
     b = kbuild.Builder(src, prof, jobs=cfg.kernel.jobs, use_ccache=cfg.kernel.ccache, progress=_quiet)
-    # make sure the worktree holds the reference patch first (cached artefacts build nothing)
-    b.build("host", Patch.from_file(prof.reference_kvm_patch, "reference"), log_dir)
+    ref = b.build(role, Patch.from_file(path, "reference"), log_dir)
     t0 = time.monotonic()
-    kb = b.build("host", Patch.parse(changed.encode(), "kvm.patch with one changed line"), log_dir)
-    return {"seconds": round(time.monotonic() - t0, 1), "compiled_files": kb.meta.get("compiled_files")}
+    kb = b.build(role, Patch.parse(text.replace(line, edit(line), 1).encode(), name), log_dir)
+    return {"seconds": round(time.monotonic() - t0, 1), "cpu_seconds": kb.meta.get("cpu_seconds"),
+            "compiled_files": kb.meta.get("compiled_files"), "ccache": kb.meta.get("ccache"), "cached": kb.cached,
+            "same_image": kb.meta["image_sha256"] == ref.meta["image_sha256"]}
+
+
+def rebuild_after_patch_change(cfg: config.Config, log_dir: Path) -> dict:
+    """The host rebuilt after a one-line change of kvm.patch (a comment, new each run)."""
+    return _rebuild_with(cfg, log_dir, "host", "+ * host_cpuid: a vendor-specific",
+                         lambda line: line.replace("host_cpuid:", f"host_cpuid ({time.time_ns()}):", 1),
+                         "kvm.patch with one changed line")
 
 
 def guest_after_header_reformat(cfg: config.Config, log_dir: Path) -> dict:
@@ -55,22 +65,10 @@ def guest_after_header_reformat(cfg: config.Config, log_dir: Path) -> dict:
     in bytes only (a tab for a space, a comment that is new each time), as students'
     do: ccache's cpp key should serve nearly every object, and the Image must come out
     the same."""
-    src = sources.resolve(cfg, log_dir, _quiet)
-    prof = profiles.select(src.version, cfg.kernel.profile)
-    text = prof.reference_vm_patch.read_text()
     marker = "+#define __NR_host_cpuid "
-    if marker not in text:
-        return {"skipped": f"{prof.reference_vm_patch} has no line starting {marker!r}"}
-    b = kbuild.Builder(src, prof, jobs=cfg.kernel.jobs, use_ccache=cfg.kernel.ccache, progress=_quiet)
-    ref = b.build("guest", Patch.from_file(prof.reference_vm_patch, "reference"), log_dir)
-    line = next(ln for ln in text.splitlines() if ln.startswith(marker))
-    mine = line.replace(marker, marker.rstrip() + "\t", 1) + f" /* bench {time.time_ns()} */"
-    variant = Patch.parse(text.replace(line, mine, 1).encode(), "vm.patch with a tab and a comment")
-    t0 = time.monotonic()
-    kb = b.build("guest", variant, log_dir)
-    return {"seconds": round(time.monotonic() - t0, 1), "cpu_seconds": kb.meta.get("cpu_seconds"),
-            "compiled_files": kb.meta.get("compiled_files"), "ccache": kb.meta.get("ccache"), "cached": kb.cached,
-            "same_image": kb.meta["image_sha256"] == ref.meta["image_sha256"]}
+    return _rebuild_with(cfg, log_dir, "guest", marker,
+                         lambda line: line.replace(marker, marker.rstrip() + "\t", 1) + f" /* bench {time.time_ns()} */",
+                         "vm.patch with a tab and a comment")
 
 
 def call_rates(cfg: config.Config, repeat: int, calls: int) -> dict:

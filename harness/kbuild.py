@@ -381,15 +381,22 @@ class Builder:
                 try:
                     procs.run(self.confined(self.make_argv(obj, jobs=1)), stage=e.stage, log=retry_log,
                               env=self.make_env(), error=BuildError, what=f"make -j1 {obj}", timeout=600)
-                except HarnessError:
+                except HarnessError as retry_error:
                     rtext = tree_relative(retry_log.read_text(errors="replace")) if retry_log.exists() else ""
-                    exhausted = buildlog.exhaustion(rtext)
+                    # the retry's log sits where the build writes: a full disk may refuse it
+                    exhausted = buildlog.exhaustion(rtext) or buildlog.exhaustion(retry_error.message)
                     found = buildlog.first_error(rtext, exists)
                     if found:
                         e.reproduce = procs.reproducer(self.make_argv(obj, jobs=1), env=self.make_env())
                         with open(log, "a") as f:  # the clean output, after the build's own
                             f.write(f"# --- the first failed object again, alone (-j1): {obj}\n{rtext}")
         found = found or buildlog.first_error(text, exists)
+        if not exhausted and (found is None or found.tool == buildlog.MAKE):
+            # no tool named an error: a tool that died on a full disk without a word (seen:
+            # an object failing with no message, its -j1 retry refused its own log)
+            free = resources.free_mb(self.work)
+            if free < resources.BUILD_DISK_FULL_MB:
+                exhausted = f"no space left on device: {free} MB free where the build writes"
         if exhausted:
             e.kind = INFRA
             e.message = (f"{label}: the machine ran out of resources ({exhausted}) while building; "

@@ -19,6 +19,9 @@ from .errors import InfraError
 
 SOURCE_TREE_MB = 1800      # extracted linux-source-6.1 / 6.12: 1.44 / 1.64 GB measured, plus headroom
 KERNEL_BUILD_MB = 700      # one role's build dir + Image + ccache growth, with headroom
+# a kernel build that failed without a tool naming an error, with less than this free where
+# it writes, ran out of disk (its largest single write, vmlinux, is 7-9 MB on this config)
+BUILD_DISK_FULL_MB = 64
 ROOTFS_MB = 600            # mmdebstrap extract of L1's packages + ext4 image
 MEMORY_HEADROOM_MB = 256   # QEMU's own use beyond the guest's RAM
 

@@ -91,7 +91,7 @@ $(IMAGE): $(OBJS) FORCE
 \t  cat $(OBJS) > $@ && echo "  LD      $@"
 
 $(O)/obj/%.o: %.c
-\t@mkdir -p $(dir $@) && echo "  CC      $<" && cp $< $@ && \\
+\t@mkdir -p $(dir $@) && echo "  CC      $<" && ! grep -q DIE_WITHOUT_A_WORD $< && cp $< $@ && \\
 \t  case $< in *blk.c) echo "$<:1:1: warning: old code, new compiler [-Wfake]";; esac
 """
 
@@ -121,6 +121,7 @@ PATCH_A = Patch.parse(patch_text("kvm.c", "kvm v1\n", "kvm PATCH-A\n"), "a.patch
 PATCH_B = Patch.parse(patch_text("core.c", "core v1\n", "core PATCH-B\n")
                       + patch_text("new.c", None, "new PATCH-B\n"), "b.patch")
 PATCH_BROKEN = Patch.parse(patch_text("mm.c", "mm v1\n", "BREAK_THE_BUILD\n"), "broken.patch")
+PATCH_MUTE = Patch.parse(patch_text("mm.c", "mm v1\n", "DIE_WITHOUT_A_WORD\n"), "mute.patch")
 
 
 def write_files(root: Path, files: dict) -> None:
@@ -373,6 +374,25 @@ def test_failing_make_image_reports_log_tail(env):
     assert "kernel-build (guest)" in rendered and "| drivers/broken.c:1:1: error" in rendered
     # after the failure, an unpatched build is pristine again
     assert image_of(b.build("guest", None, env.logs)) == PRISTINE_IMAGE
+
+
+@pytest.mark.parametrize("free_mb, kind", [(12, "infra"), (5000, "subject")])
+def test_an_object_failing_without_a_word_is_the_disk_when_the_disk_is_full(env, monkeypatch, free_mb, kind):
+    """Seen in CI: on a full disk an object failed with no message at all, and its -j1 retry
+    could not open its own log.  With no tool naming an error, the free space where the
+    build writes decides; with room to spare, the failure stays the patch's."""
+    monkeypatch.setenv("KVM_HARNESS_SKIP_PREFLIGHT", "1")  # as the fault suite reaches a real ENOSPC
+    monkeypatch.setattr(kbuild.resources, "free_mb", lambda path: free_mb)
+    with pytest.raises(BuildError) as ei:
+        env.builder().build("guest", PATCH_MUTE, env.logs)
+    e = ei.value
+    assert e.kind == kind and e.stage == "kernel-build (guest)"
+    if kind == "infra":
+        assert "the machine ran out of resources (no space left on device: 12 MB free where the build writes)" \
+            in e.message and "not the patch's fault" in e.message
+    else:
+        assert "does not build: make Image" in e.message and "failed with exit code" in e.message
+        assert "ran out of" not in e.message
 
 
 def test_truncated_cached_image_is_rebuilt_not_booted(env):

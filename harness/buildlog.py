@@ -24,6 +24,7 @@ from typing import Callable, List, Optional
 
 COMPILER, ASSEMBLER, LINKER, KCONFIG, MAKE = "compiler", "assembler", "linker", "kconfig", "make"
 
+READ_ONLY = "the file system is read-only"
 # resource exhaustion: whatever tool says it, the machine ran out of something
 _EXHAUSTION = [
     (re.compile(r"No space left on device|Disk quota exceeded|ENOSPC"), "no space left on device"),
@@ -33,7 +34,7 @@ _EXHAUSTION = [
                 r"virtual memory exhausted|Cannot allocate memory|[Oo]ut of memory|"
                 r"memory exhausted"), "out of memory (a tool was killed or could not allocate)"),
     (re.compile(r"Input/output error|EIO\b"), "input/output error (the disk failed)"),
-    (re.compile(r"Read-only file system"), "the file system is read-only"),
+    (re.compile(r"Read-only file system"), READ_ONLY),
     (re.compile(r"Too many open files"), "too many open files"),
 ]
 

@@ -10,7 +10,9 @@ A miss is built in a *worktree* kept per (source, configuration, role): a hard-l
 copy of the pristine tree plus an out-of-tree build directory.  Before a patch is
 applied, the files the previous patch touched are restored from the pristine tree (as
 new files, so make sees them as changed), so every build is "pristine + exactly this
-patch", while make only recompiles what the patch change affects.
+patch", while make only recompiles what the patch change affects.  Sandboxed (students')
+builds get worktrees of their own, named by their ccache (a grading batch's), and see
+``src`` read-only: what their make leaves behind never reaches a trusted build.
 
 ccache sits underneath, keyed by what the compiler will see, not by header bytes
 (issue 12).  vm.patch edits include/uapi/asm-generic/unistd.h, which 515 of the 846
@@ -56,13 +58,14 @@ import os
 import re
 import shlex
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import buildlog, cache, hostarch, procs, resources
-from .errors import INFRA, BuildError, HarnessError, InfraError
+from .errors import INFRA, SUBJECT, BuildError, HarnessError, InfraError
 from .patches import Patch
 from .profiles import COMMON_FRAGMENT, Profile
 from .sources import SourceTree
@@ -208,6 +211,33 @@ def _image_size_from_map(system_map: Path) -> Optional[int]:
     return addr["_edata"] - addr["_text"] if len(addr) == 2 else None
 
 
+def sandboxed_worktree_tag(ccache_dir: Path) -> str:
+    """The suffix of the worktrees of sandboxed builds that use ``ccache_dir``."""
+    return "-sandboxed-" + cache.key_of(ccache=str(ccache_dir))[:8]
+
+
+def remove_sandboxed_worktrees(ccache_dir: Path) -> List[Path]:
+    """Delete the worktrees of the sandboxed builds that used ``ccache_dir`` (a finished
+    grading batch's); returns what was removed."""
+    tag = sandboxed_worktree_tag(ccache_dir)
+    gone = []
+    for wt in sorted((cache.cache_root() / "work").glob(f"*{tag}")):
+        with cache.locked(str(wt) + ".lock"):
+            shutil.rmtree(wt, ignore_errors=True)
+        Path(str(wt) + ".lock").unlink(missing_ok=True)
+        gone.append(wt)
+    return gone
+
+
+def _writable(directory: Path) -> bool:
+    """Whether a file can be created in ``directory`` (from outside any sandbox)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
 class Builder:
     """Builds kernels for one source tree and profile."""
 
@@ -230,6 +260,9 @@ class Builder:
             cc=self.cc_version, format=KBUILD_FORMAT, ccache=self.use_ccache,
         )
         self.work_base = cache.cache_root() / "work"
+        # untrusted builds never share a worktree with trusted ones: what one leaves in its
+        # build directory stays with the builds of its ccache (a grading batch's own)
+        self.worktree_tag = sandboxed_worktree_tag(self.ccache_dir) if sandboxed else ""
         self.work = self.work_base / self.config_key  # set per role in build()
 
     # -- make --------------------------------------------------------------------------------
@@ -243,13 +276,15 @@ class Builder:
         return argv + list(targets)
 
     def confined(self, argv: List[str]) -> List[str]:
-        """``argv`` as run: under the sandbox (no network, writes only to this worktree and
-        ccache, time and memory limits) when the builder is sandboxed."""
+        """``argv`` as run: under the sandbox (no network, writes only to this worktree's
+        build directory and to ccache, time and memory limits) when the builder is
+        sandboxed.  The worktree's ``src`` stays read-only: its files are hard links to
+        the pristine tree, so a write there would reach every later build."""
         if not self.sandboxed:
             return argv
         from . import sandbox
 
-        return sandbox.confine(argv, writable=[self.work, self.ccache_dir], readable=[CPP_KEY])
+        return sandbox.confine(argv, writable=[self.work, self.ccache_dir], readable=[CPP_KEY, self.work / "src"])
 
     def make_env(self) -> Dict[str, str]:
         env = {"KBUILD_BUILD_USER": "harness", "KBUILD_BUILD_HOST": "harness",
@@ -391,6 +426,17 @@ class Builder:
                         with open(log, "a") as f:  # the clean output, after the build's own
                             f.write(f"# --- the first failed object again, alone (-j1): {obj}\n{rtext}")
         found = found or buildlog.first_error(text, exists)
+        if exhausted == buildlog.READ_ONLY and self.sandboxed and _writable(self.work / "build"):
+            # the build directory takes writes: the read-only place was one the sandbox
+            # keeps read-only (the sources, the system), where only the patch's make writes
+            lines = text.splitlines()
+            at = next(i for i, ln in enumerate(lines) if "Read-only file system" in ln)
+            e.kind = SUBJECT
+            e.message = (f"{label} does not build: its make writes outside the build directory, which "
+                         f"the sandbox keeps read-only (the kernel is built out of tree, O=build): "
+                         f"{lines[at].strip()}")
+            e.tail = "\n".join(lines[max(0, at - buildlog.CONTEXT_BEFORE):at + buildlog.CONTEXT_AFTER])
+            return
         if not exhausted and (found is None or found.tool == buildlog.MAKE):
             # no tool named an error: a tool that died on a full disk without a word (seen:
             # an object failing with no message, its -j1 retry refused its own log)
@@ -421,7 +467,7 @@ class Builder:
         entry = cache.Entry("kernels", key)
         # one worktree per role: host builds only ever switch between host patches (and
         # guest builds between guest patches), so a patch change recompiles only what it touches
-        self.work = self.work_base / f"{self.config_key}-{role}"
+        self.work = self.work_base / f"{self.config_key}-{role}{self.worktree_tag}"
         label = f"{role} kernel ({patch.name if patch else 'unpatched'})"
         log_dir.mkdir(parents=True, exist_ok=True)
         run_log = log_dir / f"kbuild-{role}.log"

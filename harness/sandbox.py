@@ -1,10 +1,14 @@
 """Confinement for untrusted work: argv wrappers, no shell.
 
-``confine(argv, writable=[...])`` runs a command under bubblewrap with every
-namespace unshared (no network), the root file system read-only, home directories
-hidden, a private /tmp, and write access only to the directories named; under
-``prlimit`` (address space, file size, no core dumps) and ``timeout`` (wall clock, then
-SIGKILL).  Used for kernel builds of students' patches and for poppler on their PDFs.
+``confine(argv, writable=[...], readable=[...])`` runs a command under bubblewrap with
+every namespace unshared (no network), no capabilities (so nothing can be remounted),
+the root file system read-only, home directories hidden, a private /tmp, write access
+only to the directories named in ``writable`` and read-only ones in ``readable``.  Of two
+nested ones the deeper decides: a kernel worktree's ``src``, whose files are hard links
+to the pristine tree every build shares, stays read-only inside the writable worktree.
+All under ``prlimit`` (address space, file size, no core dumps) and ``timeout`` (wall
+clock, then SIGKILL).  Used for kernel builds of students' patches and for poppler on
+their PDFs.
 """
 from __future__ import annotations
 
@@ -46,16 +50,18 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
         raise InfraError(f"sandbox: {why}", stage="sandbox")
     out = ["timeout", "--kill-after=10", str(limits.wall_s),
            "prlimit", f"--as={limits.address_space}", f"--fsize={limits.file_size}", "--core=0", "--",
-           "bwrap", "--die-with-parent", "--new-session", "--unshare-all",
+           "bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for home in ("/root", "/home"):
         if os.path.isdir(home):
             out += ["--tmpfs", home]
-    for d in readable:
-        out += ["--ro-bind", str(d), str(d)]
     for d in writable:
         Path(d).mkdir(parents=True, exist_ok=True)
-        out += ["--bind", str(d), str(d)]
+    # shallower paths first, so the deeper bind decides: a read-only directory inside a
+    # writable one stays read-only, and a writable one inside a read-only one writable
+    binds = [(Path(d), "--bind") for d in writable] + [(Path(d), "--ro-bind") for d in readable]
+    for d, how in sorted(binds, key=lambda b: len(b[0].parts)):
+        out += [how, str(d), str(d)]
     if cwd:
         out += ["--chdir", str(cwd)]
     return out + ["--"] + [str(a) for a in argv]

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import sandbox, sources
+from .. import kbuild, sandbox, sources
 from ..config import Config, override
 from ..errors import HarnessError
 from ..machine import QEMU
@@ -194,6 +194,10 @@ def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[in
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    if ctx.base.kernel.sandbox and ctx.base.kernel.sandbox_ccache and not stop.is_set():
+        # the batch's worktrees go with it (the batch's ccache stays, for a regrade)
+        for wt in kbuild.remove_sandboxed_worktrees(Path(ctx.base.kernel.sandbox_ccache)):
+            ctx.progress(f"removed the batch's kernel worktree {wt.name}")
     finish(out, results, ctx.profile.directory, corpus, threshold)
     if stop.is_set():
         bad = next(r for r in results if r["status"] == "infra-error")

@@ -65,6 +65,8 @@ def graded(tmp_path_factory, kvmlab_cache):
     for name, v in {**variants.VARIANTS, **variants.FAIR}.items():
         subs[name] = variants.materialise(name, v["edits"], src)
     subs["fs_stdio"] = FIXTURES / "fs_stdio"
+    for name, v in variants.STDIO_TEXT.items():
+        subs[name] = variants.materialise(name, v["edits"], src, base=variants.STDIO)
     for name, edits in variants.SPECIAL.items():
         subs[name] = variants.materialise(name, edits, src)
     jobs = [(str(p), str(out / n)) for n, p in subs.items()]

@@ -83,6 +83,18 @@ def test_stdio_file_api_gets_credit_from_the_hypervisors_file_calls(graded):
     assert r.verdict == "PASS" and r.score == 100.0
 
 
+@pytest.mark.parametrize("name", sorted(variants.STDIO_TEXT))
+def test_stdio_text_calls_get_the_same_credit_as_fread_and_fwrite(graded, name):
+    r = graded[name]
+    assert r.build == variants.STDIO_TEXT[name]["build"], r.to_dict()
+    for cid in ("fs_several_files", "fs_read", "multi_arg"):
+        c = r.check(cid)
+        assert c.status == PASS and c.message.startswith("own guest:"), c.to_dict()
+    calls = " ".join(" ".join(r.check(cid).evidence) for cid in ("fs_read", "multi_arg"))
+    assert "fgets" in calls and "fprintf" in calls, calls
+    assert r.verdict == "PASS" and r.score == 100.0 - r.deduction
+
+
 def test_display_per_char_evidence_counts_exits(graded):
     c = graded["display_per_char"].check("display_one_exit")
     n = len(f"kvmlab-display-{graded['display_per_char'].nonce} one exit\n")

@@ -21,7 +21,8 @@
  *        N is the number of KVM_RUN calls so far, so the call happened while the
  *        hypervisor handled exit N (0: before the guest ran).  OP is open (also
  *        openat, creat, fopen, openat2 through syscall()) with "path","flags" or "mode";
- *        read / write (also pread, pwrite, fread, fwrite) with "fd","count","data" (hex
+ *        read / write (also pread, pwrite, fread, fwrite, fgets, fputs, the fprintf and
+ *        dprintf families, and their _FORTIFY_SOURCE __*_chk forms) with "fd","count","data" (hex
  *        of the first 32 bytes moved) and "gpa": the guest physical address of the
  *        buffer when it lies in guest memory, else for a write where those bytes are
  *        found in guest memory ("found":1), else -1; lseek (also fseek) with
@@ -565,13 +566,204 @@ WRAP_PRW(pwrite64, "write", const void *)
 		size_t ret = real_##name(buf, size, nmemb, f); \
 		int err = errno; \
 		busy--; \
-		if (outer && f && is_tracked(fileno(f))) \
+		if (outer && is_tracked(fileno(f))) /* libc's call ran: f is a stream */ \
 			rec_io(op, #name, fileno(f), buf, size * nmemb, (long)(ret * size), err); \
 		errno = err; \
 		return ret; \
 	}
 WRAP_STDIO(fread, "read", void *)
 WRAP_STDIO(fwrite, "write", const void *)
+
+/* ---- the same calls in other forms ------------------------------------------
+ * stdio's text calls never reach the read/write above (libc calls its own
+ * internals), and _FORTIFY_SOURCE (Ubuntu's default, the lab's later build
+ * profiles) compiles read, pread, fread, fgets and the printf family into checked
+ * __*_chk forms.  Each is recorded under the name the program's source uses.  The
+ * real call runs first, so a stream reaching fileno() is one libc accepted. */
+
+ssize_t __read_chk(int fd, void *buf, size_t count, size_t buflen);
+ssize_t __pread_chk(int fd, void *buf, size_t count, off_t off, size_t buflen);
+ssize_t __pread64_chk(int fd, void *buf, size_t count, off64_t off, size_t buflen);
+size_t __fread_chk(void *buf, size_t buflen, size_t size, size_t nmemb, FILE *f);
+char *__fgets_chk(char *s, size_t buflen, int n, FILE *f);
+int __fprintf_chk(FILE *f, int flag, const char *fmt, ...);
+int __vfprintf_chk(FILE *f, int flag, const char *fmt, va_list ap);
+int __dprintf_chk(int fd, int flag, const char *fmt, ...);
+int __vdprintf_chk(int fd, int flag, const char *fmt, va_list ap);
+
+static void io_done(int outer, const char *op, const char *call, int fd, const void *buf, size_t count,
+		    long ret, int err)
+{
+	if (outer && is_tracked(fd))
+		rec_io(op, call, fd, buf, count, ret, err);
+	errno = err;
+}
+
+ssize_t __read_chk(int fd, void *buf, size_t count, size_t buflen)
+{
+	REAL(__read_chk);
+	int outer = !busy++;
+	ssize_t ret = real___read_chk(fd, buf, count, buflen);
+	int err = errno;
+	busy--;
+	io_done(outer, "read", "read", fd, buf, count, (long)ret, err);
+	return ret;
+}
+
+ssize_t __pread_chk(int fd, void *buf, size_t count, off_t off, size_t buflen)
+{
+	REAL(__pread_chk);
+	int outer = !busy++;
+	ssize_t ret = real___pread_chk(fd, buf, count, off, buflen);
+	int err = errno;
+	busy--;
+	io_done(outer, "read", "pread", fd, buf, count, (long)ret, err);
+	return ret;
+}
+
+ssize_t __pread64_chk(int fd, void *buf, size_t count, off64_t off, size_t buflen)
+{
+	REAL(__pread64_chk);
+	int outer = !busy++;
+	ssize_t ret = real___pread64_chk(fd, buf, count, off, buflen);
+	int err = errno;
+	busy--;
+	io_done(outer, "read", "pread", fd, buf, count, (long)ret, err);
+	return ret;
+}
+
+size_t __fread_chk(void *buf, size_t buflen, size_t size, size_t nmemb, FILE *f)
+{
+	REAL(__fread_chk);
+	int outer = !busy++;
+	size_t ret = real___fread_chk(buf, buflen, size, nmemb, f);
+	int err = errno;
+	busy--;
+	io_done(outer, "read", "fread", fileno(f), buf, size * nmemb, (long)(ret * size), err);
+	return ret;
+}
+
+/* fgets: the bytes moved are the string it stored */
+static void got_line(int outer, const char *s, const char *ret, int n, FILE *f, int err)
+{
+	io_done(outer, "read", "fgets", fileno(f), s, n > 0 ? (size_t)n : 0,
+		ret ? (long)strlen(s) : 0, err);
+}
+
+char *fgets(char *s, int n, FILE *f)
+{
+	REAL(fgets);
+	int outer = !busy++;
+	char *ret = real_fgets(s, n, f);
+	int err = errno;
+	busy--;
+	got_line(outer, s, ret, n, f, err);
+	return ret;
+}
+
+char *__fgets_chk(char *s, size_t buflen, int n, FILE *f)
+{
+	REAL(__fgets_chk);
+	int outer = !busy++;
+	char *ret = real___fgets_chk(s, buflen, n, f);
+	int err = errno;
+	busy--;
+	got_line(outer, s, ret, n, f, err);
+	return ret;
+}
+
+int fputs(const char *s, FILE *f)
+{
+	REAL(fputs);
+	int outer = !busy++;
+	int ret = real_fputs(s, f);
+	int err = errno;
+	busy--;
+	size_t len = strlen(s);
+	io_done(outer, "write", "fputs", fileno(f), s, len, ret >= 0 ? (long)len : -1, err);
+	return ret;
+}
+
+/* the printf family: what was printed is formatted once more (from a copy of the
+ * arguments) for the record; its first bytes are then looked for in guest memory */
+static void printed(int outer, const char *call, int fd, int ret, int err, const char *fmt, va_list ap)
+{
+	char text[FS_DATA + 1] = "";
+	if (outer && is_tracked(fd) && ret > 0)
+		vsnprintf(text, sizeof(text), fmt, ap);
+	io_done(outer, "write", call, fd, text, ret > 0 ? (size_t)ret : 0, ret, err);
+}
+
+#define PRINTED(call, fd, real_call) \
+	int outer = !busy++; \
+	va_list copy; \
+	va_copy(copy, ap); \
+	int ret = real_call; \
+	int err = errno; \
+	busy--; \
+	printed(outer, call, fd, ret, err, fmt, copy); \
+	va_end(copy); \
+	return ret
+
+int vfprintf(FILE *f, const char *fmt, va_list ap)
+{
+	REAL(vfprintf);
+	PRINTED("fprintf", fileno(f), real_vfprintf(f, fmt, ap));
+}
+
+int __vfprintf_chk(FILE *f, int flag, const char *fmt, va_list ap)
+{
+	REAL(__vfprintf_chk);
+	PRINTED("fprintf", fileno(f), real___vfprintf_chk(f, flag, fmt, ap));
+}
+
+int vdprintf(int fd, const char *fmt, va_list ap)
+{
+	REAL(vdprintf);
+	PRINTED("dprintf", fd, real_vdprintf(fd, fmt, ap));
+}
+
+int __vdprintf_chk(int fd, int flag, const char *fmt, va_list ap)
+{
+	REAL(__vdprintf_chk);
+	PRINTED("dprintf", fd, real___vdprintf_chk(fd, flag, fmt, ap));
+}
+
+int fprintf(FILE *f, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int ret = vfprintf(f, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+int __fprintf_chk(FILE *f, int flag, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int ret = __vfprintf_chk(f, flag, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+int dprintf(int fd, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int ret = vdprintf(fd, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+int __dprintf_chk(int fd, int flag, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int ret = __vdprintf_chk(fd, flag, fmt, ap);
+	va_end(ap);
+	return ret;
+}
 
 off_t lseek(int fd, off_t off, int whence)
 {

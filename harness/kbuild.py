@@ -429,7 +429,7 @@ class Builder:
         if exhausted == buildlog.READ_ONLY and self.sandboxed and _writable(self.work / "build"):
             # the build directory takes writes: the read-only place was one the sandbox
             # keeps read-only (the sources, the system), where only the patch's make writes
-            lines = text.splitlines()
+            lines = (text + "\n" + e.message).splitlines()  # the message: a refused log's words
             at = next(i for i, ln in enumerate(lines) if "Read-only file system" in ln)
             e.kind = SUBJECT
             e.message = (f"{label} does not build: its make writes outside the build directory, which "

@@ -599,86 +599,57 @@ static void io_done(int outer, const char *op, const char *call, int fd, const v
 	errno = err;
 }
 
+/* libc's `name` run as `expr` into `ret`, its errno kept in `err`; `outer`: the
+ * program's own call, not one libc made for a wrapper */
+#define CALL_REAL(name, type, expr) \
+	REAL(name); \
+	int outer = !busy++; \
+	type ret = expr; \
+	int err = errno; \
+	busy--
+
 ssize_t __read_chk(int fd, void *buf, size_t count, size_t buflen)
 {
-	REAL(__read_chk);
-	int outer = !busy++;
-	ssize_t ret = real___read_chk(fd, buf, count, buflen);
-	int err = errno;
-	busy--;
+	CALL_REAL(__read_chk, ssize_t, real___read_chk(fd, buf, count, buflen));
 	io_done(outer, "read", "read", fd, buf, count, (long)ret, err);
 	return ret;
 }
 
-ssize_t __pread_chk(int fd, void *buf, size_t count, off_t off, size_t buflen)
-{
-	REAL(__pread_chk);
-	int outer = !busy++;
-	ssize_t ret = real___pread_chk(fd, buf, count, off, buflen);
-	int err = errno;
-	busy--;
-	io_done(outer, "read", "pread", fd, buf, count, (long)ret, err);
-	return ret;
-}
-
-ssize_t __pread64_chk(int fd, void *buf, size_t count, off64_t off, size_t buflen)
-{
-	REAL(__pread64_chk);
-	int outer = !busy++;
-	ssize_t ret = real___pread64_chk(fd, buf, count, off, buflen);
-	int err = errno;
-	busy--;
-	io_done(outer, "read", "pread", fd, buf, count, (long)ret, err);
-	return ret;
-}
+#define WRAP_PREAD_CHK(name, off_type) \
+	ssize_t name(int fd, void *buf, size_t count, off_type off, size_t buflen) \
+	{ \
+		CALL_REAL(name, ssize_t, real_##name(fd, buf, count, off, buflen)); \
+		io_done(outer, "read", "pread", fd, buf, count, (long)ret, err); \
+		return ret; \
+	}
+WRAP_PREAD_CHK(__pread_chk, off_t)
+WRAP_PREAD_CHK(__pread64_chk, off64_t)
 
 size_t __fread_chk(void *buf, size_t buflen, size_t size, size_t nmemb, FILE *f)
 {
-	REAL(__fread_chk);
-	int outer = !busy++;
-	size_t ret = real___fread_chk(buf, buflen, size, nmemb, f);
-	int err = errno;
-	busy--;
+	CALL_REAL(__fread_chk, size_t, real___fread_chk(buf, buflen, size, nmemb, f));
 	io_done(outer, "read", "fread", fileno(f), buf, size * nmemb, (long)(ret * size), err);
 	return ret;
 }
 
 /* fgets: the bytes moved are the string it stored */
-static void got_line(int outer, const char *s, const char *ret, int n, FILE *f, int err)
-{
-	io_done(outer, "read", "fgets", fileno(f), s, n > 0 ? (size_t)n : 0,
-		ret ? (long)strlen(s) : 0, err);
-}
-
 char *fgets(char *s, int n, FILE *f)
 {
-	REAL(fgets);
-	int outer = !busy++;
-	char *ret = real_fgets(s, n, f);
-	int err = errno;
-	busy--;
-	got_line(outer, s, ret, n, f, err);
+	CALL_REAL(fgets, char *, real_fgets(s, n, f));
+	io_done(outer, "read", "fgets", fileno(f), s, n > 0 ? (size_t)n : 0, ret ? (long)strlen(s) : 0, err);
 	return ret;
 }
 
 char *__fgets_chk(char *s, size_t buflen, int n, FILE *f)
 {
-	REAL(__fgets_chk);
-	int outer = !busy++;
-	char *ret = real___fgets_chk(s, buflen, n, f);
-	int err = errno;
-	busy--;
-	got_line(outer, s, ret, n, f, err);
+	CALL_REAL(__fgets_chk, char *, real___fgets_chk(s, buflen, n, f));
+	io_done(outer, "read", "fgets", fileno(f), s, n > 0 ? (size_t)n : 0, ret ? (long)strlen(s) : 0, err);
 	return ret;
 }
 
 int fputs(const char *s, FILE *f)
 {
-	REAL(fputs);
-	int outer = !busy++;
-	int ret = real_fputs(s, f);
-	int err = errno;
-	busy--;
+	CALL_REAL(fputs, int, real_fputs(s, f));
 	size_t len = strlen(s);
 	io_done(outer, "write", "fputs", fileno(f), s, len, ret >= 0 ? (long)len : -1, err);
 	return ret;
@@ -694,39 +665,32 @@ static void printed(int outer, const char *call, int fd, int ret, int err, const
 	io_done(outer, "write", call, fd, text, ret > 0 ? (size_t)ret : 0, ret, err);
 }
 
-#define PRINTED(call, fd, real_call) \
-	int outer = !busy++; \
+#define PRINTED(name, call, fd, real_call) \
 	va_list copy; \
 	va_copy(copy, ap); \
-	int ret = real_call; \
-	int err = errno; \
-	busy--; \
+	CALL_REAL(name, int, real_call); \
 	printed(outer, call, fd, ret, err, fmt, copy); \
 	va_end(copy); \
 	return ret
 
 int vfprintf(FILE *f, const char *fmt, va_list ap)
 {
-	REAL(vfprintf);
-	PRINTED("fprintf", fileno(f), real_vfprintf(f, fmt, ap));
+	PRINTED(vfprintf, "fprintf", fileno(f), real_vfprintf(f, fmt, ap));
 }
 
 int __vfprintf_chk(FILE *f, int flag, const char *fmt, va_list ap)
 {
-	REAL(__vfprintf_chk);
-	PRINTED("fprintf", fileno(f), real___vfprintf_chk(f, flag, fmt, ap));
+	PRINTED(__vfprintf_chk, "fprintf", fileno(f), real___vfprintf_chk(f, flag, fmt, ap));
 }
 
 int vdprintf(int fd, const char *fmt, va_list ap)
 {
-	REAL(vdprintf);
-	PRINTED("dprintf", fd, real_vdprintf(fd, fmt, ap));
+	PRINTED(vdprintf, "dprintf", fd, real_vdprintf(fd, fmt, ap));
 }
 
 int __vdprintf_chk(int fd, int flag, const char *fmt, va_list ap)
 {
-	REAL(__vdprintf_chk);
-	PRINTED("dprintf", fd, real___vdprintf_chk(fd, flag, fmt, ap));
+	PRINTED(__vdprintf_chk, "dprintf", fd, real___vdprintf_chk(fd, flag, fmt, ap));
 }
 
 int fprintf(FILE *f, const char *fmt, ...)

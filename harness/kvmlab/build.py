@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import LAB_DIR
+from . import handin as handinmod
 from .errors import INFRA, LabBuildError
 from .sandbox import Limits, base_env, run_untrusted
 
@@ -133,9 +134,13 @@ class Built:
         return self.binary is not None
 
 
-def prepare(directory: Path, files: Dict[str, Path], generated: Optional[Dict[str, str]] = None) -> None:
-    """Lay out a build directory: harness build files, then ``files`` (name -> source)."""
+def prepare(directory: Path, files: Dict[str, Path], generated: Optional[Dict[str, str]] = None,
+            handin: Optional["handinmod.Handin"] = None) -> None:
+    """Lay out a build directory: the hand-in's other files (headers, ...), the harness
+    build files over them, then ``files`` (name -> source)."""
     directory.mkdir(parents=True, exist_ok=True)
+    if handin is not None:
+        handinmod.copy_into(handin, directory)
     for name in BUILD_FILES:
         shutil.copyfile(LAB_DIR / "build" / name, directory / name)
     for name, src in files.items():
@@ -194,14 +199,16 @@ def missing_header(log: bytes, sources: List[Path]) -> Optional[str]:
     return None
 
 
-def build_pair(directory: Path, hypervisor_c: Path, guest_c: Path) -> Built:
-    """Build with each profile in turn until one works; the result names the profile."""
+def build_pair(directory: Path, hypervisor_c: Path, guest_c: Path,
+               handin: Optional["handinmod.Handin"] = None) -> Built:
+    """Build with each profile in turn until one works; the result names the profile.
+    The hand-in's own files and Makefile flags are used as its build would use them."""
     attempts: List[str] = []
     built: Optional[Built] = None
     for profile in PROFILES:
         pdir = directory / profile.name
-        prepare(pdir, {"kvm-hello-world.c": hypervisor_c, "guest.c": guest_c})
-        built = make(pdir, profile.variables)
+        prepare(pdir, {"kvm-hello-world.c": hypervisor_c, "guest.c": guest_c}, handin=handin)
+        built = make(pdir, {**profile.variables, **(handin.variables() if handin else {})})
         built.profile = profile
         attempts.append(f"{profile.name}: {'ok' if built.ok else 'failed'} ({built.log})")
         if built.ok:
@@ -217,7 +224,8 @@ def build_pair(directory: Path, hypervisor_c: Path, guest_c: Path) -> Built:
 
 
 def build_testguest(directory: Path, hypervisor_c: Path, guest_c: Path, cfg_header: str,
-                    profile: Profile = PROFILES[0]) -> Built:
+                    profile: Profile = PROFILES[0],
+                    handin: Optional["handinmod.Handin"] = None) -> Built:
     """The harness test guest with the profile the submission needed; our own code's
     warnings (unused student helpers, pointer casts in adapters) are never fatal."""
     prepare(directory, {
@@ -225,8 +233,10 @@ def build_testguest(directory: Path, hypervisor_c: Path, guest_c: Path, cfg_head
         "student_guest.c": guest_c,
         "kvmlab_testguest.c": LAB_DIR / "testguest" / "kvmlab_testguest.c",
         "testguest.ld": LAB_DIR / "testguest" / "testguest.ld",
-    }, {"kvmlab_cfg.h": cfg_header})
+    }, {"kvmlab_cfg.h": cfg_header}, handin=handin)
     variables = dict(profile.variables)
+    if handin is not None:  # the student's flags and extra sources, not its linker script
+        variables.update({k: v for k, v in handin.variables().items() if k != "GUEST_LD"})
     variables.update({"GUEST_SRC": "kvmlab_testguest.c", "GUEST_LD": "testguest.ld",
                       "GUEST_EXTRA": f"-Os -Wno-error {GCC14_PERMERRORS} -Wno-unused-function -Wno-unused-variable"})
     built = make(directory, variables)

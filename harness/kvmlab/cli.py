@@ -42,6 +42,7 @@ def cmd_grade(ns) -> int:
         marks = " ".join(f"{c.id}={c.status}" for c in r.checks if c.kind != "robustness")
         extra = f" build={r.build}" if r.build and r.build != "upstream" else ""
         extra += f" REVIEW: {'; '.join(r.review)}" if r.review else ""
+        extra += f" HAND-IN: {r.handin}" if r.handin else ""
         print(f"{r.submission}: {r.verdict} score={r.score}  {marks}  robustness: {r.robustness}{extra}")
     print(f"results: {Path(ns.out).resolve()}/<submission>/{{results.json,junit.xml,evidence.txt}}")
     return 0 if all(r.verdict == "PASS" for r in results) else 1

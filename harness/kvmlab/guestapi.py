@@ -41,17 +41,36 @@ class Function:
 
 
 @dataclass
+class Binding:
+    """How the test guest calls one of the assignment's functions: the student's
+    function, and a C call with the role's argument as ``{arg}`` (the other
+    arguments as the student's own calls pass them, e.g. a port)."""
+    role: str                 # printVal, getNumExits, display
+    function: Function
+    call: str                 # e.g. "printVal(0xE9, (uint32_t)({arg}))"
+    how: str                  # for the evidence: "printVal(port, value): port as in guest.c's own calls"
+
+
+@dataclass
 class GuestApi:
     functions: Dict[str, Function]
     fs: Dict[str, Function] = field(default_factory=dict)
     fs_problem: Optional[str] = None
+    bindings: Dict[str, Binding] = field(default_factory=dict)
+    unbound: Dict[str, str] = field(default_factory=dict)   # role -> why the test guest cannot call it
 
     def has(self, name: str) -> bool:
-        return name in self.functions
+        """guest.c defines the role (under its name or another one the binding found)."""
+        return name in self.functions or name in self.bindings or name in self.unbound
+
+    def bound(self, name: str) -> bool:
+        return name in self.bindings
 
     def summary(self) -> dict:
         return {
             "assignment_functions": {n: self.has(n) for n in ASSIGNMENT_NAMES},
+            "bindings": {r: b.how for r, b in self.bindings.items()},
+            "unbound": dict(self.unbound),
             "fs_functions": {k: f"{f.ret} {f.name}({', '.join(p.text for p in f.params)})"
                              for k, f in self.fs.items()},
             "fs_problem": self.fs_problem,
@@ -159,9 +178,120 @@ def _pick(funcs: Dict[str, Function], word: str, exclude: tuple = ()) -> Optiona
     return cands[0]
 
 
+# Other names students give the same calls (compared lower-case, without '_').
+ALIASES = {
+    "printVal": ("printval", "printvalue", "printint", "printnum", "printnumber", "putval", "printu32",
+                 "hcprintval", "hypercallprintval"),
+    "getNumExits": ("getnumexits", "numexits", "getexits", "getexitcount", "exitcount", "getnumberofexits",
+                    "hcgetnumexits"),
+    "display": ("display", "displaystring", "displaystr", "printstr", "printstring", "putstr", "hcdisplay"),
+}
+_VALUE_NAME = re.compile(r"^(val|value|v|num|n|x|data|number|arg)$", re.I)
+
+
+def _role_function(funcs: Dict[str, Function], role: str) -> Optional[Function]:
+    if role in funcs:
+        return funcs[role]
+    for alias in ALIASES[role]:
+        for name, f in funcs.items():
+            if name.lower().replace("_", "") == alias:
+                return f
+    return None
+
+
+def _split_args(text: str) -> List[str]:
+    out, depth, cur = [], 0, ""
+    for c in text:
+        if c == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        depth += c in "(["
+        depth -= c in ")]"
+        cur += c
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+def calls_of(src: str, name: str) -> List[List[str]]:
+    """The argument lists (as text) of the calls of ``name`` in ``src`` (not its definition)."""
+    clean = strip_c(src)
+    out = []
+    for m in re.finditer(r"\b" + re.escape(name) + r"\s*\(", clean):
+        depth, j = 1, m.end()
+        while j < len(clean) and depth:
+            depth += clean[j] == "("
+            depth -= clean[j] == ")"
+            j += 1
+        after = clean[j:j + 40].lstrip()
+        if after.startswith("{") or re.match(r"^(__attribute__|;\s*$)", after) and "(" in clean[:m.start()][-1:]:
+            continue  # the definition
+        before = clean[max(0, m.start() - 40):m.start()]
+        if re.search(r"(void|int|char|uint\w*|long|unsigned|static|inline|\*)\s*$", before):
+            continue  # a definition or a declaration
+        out.append(_split_args(src[m.end():j - 1]))
+    return out
+
+
+def _constant(expr: str, macros: set) -> bool:
+    """An argument the test guest can repeat outside the student's function: literals
+    and macros (a port number), not the caller's variables."""
+    words = re.findall(r"[A-Za-z_]\w*", re.sub(r"0[xX][0-9a-fA-F]+|\d+[uUlL]*", " ", expr))
+    casts = {"uint8_t", "uint16_t", "uint32_t", "int", "unsigned", "short", "char", "long", "uintptr_t"}
+    return bool(expr) and all(w in macros or w in casts for w in words)
+
+
+def _bind(src: str, funcs: Dict[str, Function], role: str, macros: set) -> tuple:
+    """(Binding or None, why not) for one role."""
+    f = _role_function(funcs, role)
+    if f is None:
+        return None, None
+    ints = [i for i, p in enumerate(f.params) if not p.is_pointer]
+    ptrs = [i for i, p in enumerate(f.params) if p.is_pointer]
+    if role == "display":
+        if not ptrs:
+            return None, f"{f.name}() takes no string pointer"
+        arg_i = ptrs[-1]
+    elif role == "printVal":
+        named = [i for i in ints if _VALUE_NAME.match(f.params[i].name)]
+        if not ints:
+            return None, f"{f.name}() takes no integer value"
+        arg_i = named[-1] if named else ints[-1]
+    else:
+        arg_i = None
+        if ptrs:
+            return None, f"{f.name}() takes a pointer (an out parameter the test guest cannot supply)"
+    others = [i for i in range(len(f.params)) if i != arg_i]
+    args = [""] * len(f.params)
+    if arg_i is not None:
+        cast = "(const char *)" if role == "display" else "(unsigned int)"
+        args[arg_i] = cast + "({arg})"
+    how = f"{f.ret} {f.name}({', '.join(p.text for p in f.params)})"
+    if others:
+        calls = [c for c in calls_of(src, f.name) if len(c) == len(f.params)]
+        usable = [c for c in calls if all(_constant(c[i], macros) for i in others)]
+        if not usable:
+            return None, (f"{f.name}() takes {len(others)} argument(s) besides the "
+                          f"{'value' if arg_i is not None else 'call'} and guest.c never calls it with "
+                          "constants (a port) the test guest could repeat")
+        for i in others:
+            args[i] = usable[0][i]
+        how += f": {', '.join(f.params[i].name or str(i) for i in others)} as guest.c's own calls pass them"
+    return Binding(role, f, f"{f.name}({', '.join(args)})", how), None
+
+
 def analyse(src: str) -> GuestApi:
     funcs = find_functions(src)
     api = GuestApi(functions=funcs)
+    macros = set(re.findall(r"^\s*#\s*define\s+([A-Za-z_]\w*)", src, re.M))
+    macros |= set(re.findall(r"\b([A-Z][A-Z0-9_]{2,})\b", strip_c(src)))  # enum constants and the like
+    for role in ASSIGNMENT_NAMES:
+        b, why = _bind(src, funcs, role, macros)
+        if b is not None:
+            api.bindings[role] = b
+        elif why:
+            api.unbound[role] = why
     fs = {
         "open": _pick(funcs, "open", ("close",)),
         "read": _pick(funcs, "read", ("thread", "ready")),
@@ -225,8 +355,11 @@ def config_header(api: GuestApi, *, mode: int, nonce: str, abs_path: str) -> str
         f'#define KVMLAB_ABS_PATH "{abs_path}"',
     ]
     for name in ASSIGNMENT_NAMES:
-        if api.has(name):
+        b = api.bindings.get(name)
+        if b is not None:
             lines.append(f"#define KVMLAB_HAVE_{name.upper()} 1")
+            param = "" if name == "getNumExits" else "arg"
+            lines.append(f"#define KVMLAB_{name.upper()}({param}) ({b.call.replace('{arg}', 'arg')})")
     if api.fs:
         o, r, w, c = api.fs["open"], api.fs["read"], api.fs["write"], api.fs["close"]
         flags_w = "KVMLAB_OW"

@@ -29,6 +29,8 @@ def ta_note(r: Result) -> List[str]:
         lines += [f"REVIEW: {x}" for x in r.review]
     if r.build:
         lines.append(f"build: {r.build}" + (f" (-{r.deduction:g} points)" if r.deduction else ""))
+    if r.handin:
+        lines.append(f"HAND-IN: {r.handin}")
     for part, name, cid in REQUIREMENTS:
         c = by.get(cid)
         if c is not None:
@@ -90,10 +92,10 @@ def write_one(r: Result, out_dir: Path) -> None:
 def write_summary(results: List[Result], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"submission": r.submission, "verdict": r.verdict, "score": r.score, "build": r.build or "",
-             "robustness": r.robustness, "review": "; ".join(r.review),
+             "robustness": r.robustness, "review": "; ".join(r.review), "handin": r.handin,
              **{c.id: c.status for c in r.checks}} for r in results]
     (out_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    first = ["submission", "verdict", "score", "build", "robustness", "review"]
+    first = ["submission", "verdict", "score", "build", "robustness", "review", "handin"]
     fields = first + sorted({k for row in rows for k in row} - set(first))
     with open(out_dir / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)

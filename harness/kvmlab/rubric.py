@@ -31,6 +31,9 @@ class Rubric:
     build_deductions: Dict[str, float]
     partial: float
     source: str
+    # points off for a hand-in beyond guest.c and kvm-hello-world.c; 0 (the default):
+    # flagged for the TA, no points taken
+    extra_files_deduction: float = 0
 
     def weight(self, cid: str) -> float:
         return self.weights.get(cid, self.robustness.get(cid, 0))
@@ -56,7 +59,8 @@ def load(path: Optional[Path] = None) -> Rubric:
         rub = Rubric(weights={k: float(v) for k, v in data["weights"].items()},
                      robustness={k: float(v) for k, v in data.get("robustness", {}).items()},
                      build_deductions={k: float(v) for k, v in data.get("build_deductions", {}).items()},
-                     partial=float(data.get("partial", 0.5)), source=str(path))
+                     partial=float(data.get("partial", 0.5)), source=str(path),
+                     extra_files_deduction=float(data.get("extra_files_deduction", 0)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise RubricError(f"{path}: not a usable rubric: {e}") from e
     if not rub.weights or not 0 <= rub.partial <= 1:

@@ -11,6 +11,9 @@
  *   KVMLAB_MODE              1 functional, 2 bad address, 3 huge length,
  *                            4 unknown port, 5 unterminated string
  *   KVMLAB_HAVE_PRINTVAL / _GETNUMEXITS / _DISPLAY / _FS
+ *   KVMLAB_PRINTVAL(v) KVMLAB_GETNUMEXITS() KVMLAB_DISPLAY(s)
+ *                            the submission's own functions, under its names, with
+ *                            any extra argument (a port) as its guest.c passes it
  *   KVMLAB_OPEN_W(p) KVMLAB_OPEN_R(p) KVMLAB_READ(fd,b,n) KVMLAB_WRITE(fd,b,n)
  *   KVMLAB_CLOSE(fd)        adapters to the submission's file functions
  *   KVMLAB_ABS_PATH          an absolute path outside the run directory
@@ -55,12 +58,16 @@ static inline void kvmlab_out32(unsigned short port, unsigned int v)
 }
 
 #ifdef KVMLAB_HAVE_PRINTVAL
-#define KVMLAB_P(v) printVal((unsigned int)(v))
+#define KVMLAB_P(v) KVMLAB_PRINTVAL(v)
 #else
 #define KVMLAB_P(v) ((void)0)
 #endif
 
-static const char kvmlab_display_text[] = "kvmlab-display-" KVMLAB_NONCE " one exit\n";
+/* Aligned to 256 and after the code: its address is above 0xFF and its low byte is
+ * 0, so a display() that passes only 8 bits of the address cannot find it. */
+static const char kvmlab_display_text[] __attribute__((aligned(256))) =
+	"kvmlab-display-" KVMLAB_NONCE " one exit\n";
+#define KVMLAB_LONG 240
 
 #if defined(KVMLAB_HAVE_FS)
 static const char kvmlab_a1[] = "alpha-" KVMLAB_NONCE "-1\n";
@@ -83,19 +90,38 @@ static void __attribute__((noinline)) kvmlab_main(void)
 #ifdef KVMLAB_HAVE_GETNUMEXITS
 	{
 		/* twice, a mark between: a constant or a guest-side counter cannot match both */
-		unsigned int n = (unsigned int)getNumExits();
+		unsigned int n = (unsigned int)KVMLAB_GETNUMEXITS();
 		KVMLAB_P(n);
 		KVMLAB_P(KVMLAB_MARK + 0x11);
-		n = (unsigned int)getNumExits();
+		n = (unsigned int)KVMLAB_GETNUMEXITS();
 		KVMLAB_P(n);
 	}
 #endif
 	KVMLAB_P(KVMLAB_MARK + 2);
 #ifdef KVMLAB_HAVE_DISPLAY
-	display(KVMLAB_STR(kvmlab_display_text));
+	KVMLAB_DISPLAY(KVMLAB_STR(kvmlab_display_text));
 #endif
 	KVMLAB_P(KVMLAB_MARK + 3);
 	KVMLAB_P((unsigned long)kvmlab_display_text);
+#ifdef KVMLAB_HAVE_DISPLAY
+	{
+		/* a long string on the stack (a high address): 'L' x KVMLAB_LONG, the nonce */
+		char big[KVMLAB_LONG + 16];
+		const char *t = KVMLAB_NONCE;
+		int i;
+		for (i = 0; i < KVMLAB_LONG; i++)
+			big[i] = (char)('a' + i % 26);
+		for (int k = 0; t[k]; k++)
+			big[i++] = t[k];
+		big[i++] = '\n';
+		big[i] = 0;
+		asm volatile("" : : "r"(big) : "memory");
+		KVMLAB_P(KVMLAB_MARK + 0x12);
+		KVMLAB_DISPLAY(KVMLAB_STR(big));
+		KVMLAB_P(KVMLAB_MARK + 0x13);
+		KVMLAB_P((unsigned long)big);
+	}
+#endif
 #ifdef KVMLAB_HAVE_FS
 	{
 		long fa, fb, fr, r;
@@ -123,7 +149,7 @@ static void __attribute__((noinline)) kvmlab_main(void)
 		KVMLAB_P(sum);
 		buf[37] = '\0';
 #ifdef KVMLAB_HAVE_DISPLAY
-		display(KVMLAB_STR(buf));
+		KVMLAB_DISPLAY(KVMLAB_STR(buf));
 #endif
 		KVMLAB_CLOSE(fr);
 		KVMLAB_P(KVMLAB_MARK + 6);
@@ -145,7 +171,7 @@ static void __attribute__((noinline)) kvmlab_main(void)
 #elif KVMLAB_MODE == 2
 	/* far outside any guest memory a kvm-hello-world style VM has */
 #ifdef KVMLAB_HAVE_DISPLAY
-	display(KVMLAB_STR(0xFFFFF000UL));
+	KVMLAB_DISPLAY(KVMLAB_STR(0xFFFFF000UL));
 #endif
 #elif KVMLAB_MODE == 3
 #ifdef KVMLAB_HAVE_FS
@@ -165,7 +191,7 @@ static void __attribute__((noinline)) kvmlab_main(void)
 		for (int i = 0; i < 6000; i++)
 			big[i] = 'A';
 		asm volatile("" : : "r"(big) : "memory");
-		display(KVMLAB_STR(big));
+		KVMLAB_DISPLAY(KVMLAB_STR(big));
 	}
 #endif
 #endif

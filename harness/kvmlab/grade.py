@@ -580,7 +580,7 @@ class Grader:
             ev.append("the run did not get past display() of the long string: " + self._reached_end(run))
         if not ok:
             case = "an address above 0xFF"
-            msg = (f"{len(between)} exits, the string at {hex(addr) if addr is not None else '?'} "
+            msg = (f"{len(between)} exit(s), the string at {hex(addr) if addr is not None else '?'} "
                    f"{'printed' if text in printed else 'not printed'}")
         elif long_ok is False:
             case = "a long string"

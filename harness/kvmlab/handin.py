@@ -36,6 +36,7 @@ MAX_FILES = 200
 _SAFE = re.compile(r"^(-w|-W[\w=,+-]*|-D[A-Za-z_]\w*(=[\w.+-]*)?|-U[A-Za-z_]\w*|-I[\w./-]+|"
                    r"-std=[\w+]+|-O[0-3sgz]?|-g[0-3]?|-f(no-)?(strict-aliasing|builtin|common|"
                    r"omit-frame-pointer|pic|PIC|pie|PIE)|-m(no-)?(sse|sse2|mmx|avx|80387))$")
+UPSTREAM_CFLAGS = ("-Wall", "-Wextra", "-Werror", "-O2")   # the harness Makefile's own
 _VAR = re.compile(r"^\s*(?:override\s+)?(CFLAGS|CPPFLAGS|EXTRA_CFLAGS)\s*(\+=|:=|\?=|=)\s*(.*)$")
 
 
@@ -117,6 +118,7 @@ def read_makefile(text: str, files: List[str]) -> dict:
     guest_extra: List[str] = []
     ld: Optional[str] = None
     sources = {f for f in files if f.endswith(".c")}
+    werror: Optional[bool] = None     # does the student's own CFLAGS make warnings errors?
     for line in _logical_lines(text):
         m = _VAR.match(line)
         if m:
@@ -124,8 +126,12 @@ def read_makefile(text: str, files: List[str]) -> dict:
                 words = shlex.split(m.group(3))
             except ValueError:
                 words = m.group(3).split()
+            if m.group(1) == "CFLAGS" and m.group(2) in ("=", ":="):
+                werror = "-Werror" in words
+            elif "-Werror" in words:
+                werror = True
             for w in words:
-                if w.startswith("$("):
+                if w.startswith("$(") or w in UPSTREAM_CFLAGS:
                     continue
                 if _SAFE.match(w) and ".." not in w and not w.startswith("-I/"):
                     if w not in cflags:
@@ -150,6 +156,8 @@ def read_makefile(text: str, files: List[str]) -> dict:
             elif any(t.startswith("guest") for t in targets):
                 if src not in guest_extra:
                     guest_extra.append(src)
+    if werror is False and "-Wno-error" not in cflags:
+        cflags.append("-Wno-error")   # the student's build has no -Werror
     return {"cflags": cflags, "ignored": ignored, "hv_extra": hv_extra, "guest_extra": guest_extra,
             "ld": ld}
 

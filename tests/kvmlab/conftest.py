@@ -69,6 +69,10 @@ def graded(tmp_path_factory, kvmlab_cache):
         subs[name] = variants.materialise(name, v["edits"], src, base=variants.STDIO)
     for name, edits in variants.SPECIAL.items():
         subs[name] = variants.materialise(name, edits, src)
+    for name, v in variants.HANDIN.items():
+        subs[name] = variants.materialise(name, v["edits"], src, files=v["files"])
+    for name in variants.HANDIN_DIRS:
+        subs[name] = FIXTURES / name
     jobs = [(str(p), str(out / n)) for n, p in subs.items()]
     with ProcessPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as ex:
         results = list(ex.map(_grade, jobs))

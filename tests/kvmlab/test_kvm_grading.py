@@ -164,3 +164,56 @@ def test_cli_grades_a_tarball(tmp_path, kvmlab_cache):
     assert data["verdict"] == "PASS"
     assert (out / "summary.csv").read_text().startswith("submission,verdict,score")
     assert (out / "190050042" / "logs" / "own" / "oracle.jsonl").exists()
+
+
+HANDINS = {**variants.HANDIN, **variants.HANDIN_DIRS}
+
+
+@pytest.mark.parametrize("name", sorted(HANDINS))
+def test_real_shaped_handin_gets_a_careful_readers_verdict(graded, name):
+    r = graded[name]
+    v = HANDINS[name]
+    failed = {cid for cid, s in statuses(r).items() if s == "FAIL"}
+    assert failed == v["expect"], r.to_dict()
+    assert r.verdict == v["verdict"], r.to_dict()
+    # Part B is never SKIP for a guest.c that has it: the own run is evidence
+    for cid in ("printval", "getnumexits", "display_one_exit"):
+        assert r.check(cid).status != "SKIP", r.check(cid).to_dict()
+
+
+def test_own_header_and_makefile_flags_are_used_and_flagged(graded):
+    r = graded["own_header_structs"]
+    # hc.h is found, and the Makefile's -Wno-unused-parameter spares the -Werror fallback
+    assert r.build == "upstream" and r.score == 100.0 and not r.review, r.to_dict()
+    assert "hc.h" in r.handin and "Makefile (read, not run" in r.handin and "-Wno-unused-parameter" in r.handin
+    from harness.kvmlab.report import ta_note
+    assert any(line.startswith("HAND-IN:") for line in ta_note(r))
+
+
+def test_port_first_api_is_bound_for_the_test_guest(graded):
+    for name in ("printval_port_first", "sequential_outs"):
+        r = graded[name]
+        assert "port" in r.api["bindings"]["printVal"], r.api
+        assert "harness test guest: PASS" in " ".join(r.check("printval").evidence), r.check("printval").to_dict()
+        assert r.check("printval").message.startswith("own guest:")
+
+
+def test_fixed_argument_blocks_judged_from_the_own_run(graded):
+    r = graded["fixed_arg_blocks"]
+    for cid in ("fs_several_files", "fs_read", "multi_arg"):
+        assert r.check(cid).message.startswith("own guest:"), r.check(cid).to_dict()
+    assert "guest memory" in " ".join(r.check("getnumexits").evidence)
+
+
+def test_display_truncated_to_8_bits_is_caught_above_0xff(graded):
+    c = graded["display_addr_8bit"].check("display_one_exit")
+    assert c.status == "FAIL" and "above 0xFF" in c.message and "demo passes" in c.message, c.to_dict()
+    assert any("GVA 0x" in e and "not printed" in e for e in c.evidence)
+
+
+def test_a_build_failure_is_shown_once(graded):
+    r = graded["build_error"]
+    from harness.kvmlab.report import evidence_text
+    text = evidence_text(r)
+    assert text.count("expected ';'") <= 2, text   # the build check's message and its output
+    assert all(c.message == "see build" for c in r.checks if c.id != "build")

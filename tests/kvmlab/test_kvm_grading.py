@@ -217,3 +217,15 @@ def test_a_build_failure_is_shown_once(graded):
     text = evidence_text(r)
     assert text.count("expected ';'") <= 2, text   # the build check's message and its output
     assert all(c.message == "see build" for c in r.checks if c.id != "build")
+
+
+def test_a_test_guest_that_does_not_build_is_said_once_and_the_own_run_judges(graded):
+    r = graded["testguest_cannot_build"]
+    build = r.check("build")
+    assert build.status == PASS
+    assert sum("harness test guest" in e and "did not build" in e for e in build.evidence) == 1, build.evidence
+    for cid in ("printval", "getnumexits", "display_one_exit"):
+        c = r.check(cid)
+        assert c.status == PASS and c.message.startswith("own guest:") and "see build" in c.message, c.to_dict()
+    assert r.verdict != "INCOMPLETE"
+    assert all("kvmlab_main" not in c.message for c in r.checks)

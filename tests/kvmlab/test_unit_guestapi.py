@@ -50,3 +50,24 @@ def test_wrong_shape_is_reported():
     api = guestapi.analyse("int open(int x) {return 0;}\nint read(int a,int b,int c){return 0;}\n"
                            "int write(int fd, char *b, int n){return 0;}\nint close(int fd){return 0;}\n")
     assert api.fs == {} and "path first" in api.fs_problem
+
+
+def test_port_first_and_other_names_are_bound_with_the_students_own_port():
+    src = ("#define PV 0xE9\nvoid printVal(uint16_t port, uint32_t value) { }\n"
+           "uint32_t get_num_exits(uint16_t port) { return 0; }\n"
+           "void displayString(uint16_t port, const char *s) { }\n"
+           "void _start(void) { uint32_t n = get_num_exits(0xEB); printVal(PV, n); displayString(0xEC, \"x\"); }\n")
+    api = guestapi.analyse(src)
+    h = guestapi.config_header(api, mode=1, nonce="n0", abs_path="/abs")
+    assert "#define KVMLAB_PRINTVAL(arg) (printVal(PV, (unsigned int)(arg)))" in h
+    assert "#define KVMLAB_GETNUMEXITS() (get_num_exits(0xEB))" in h
+    assert "#define KVMLAB_DISPLAY(arg) (displayString(0xEC, (const char *)(arg)))" in h
+
+
+def test_a_port_from_a_variable_cannot_be_bound_and_says_why():
+    src = ("void printVal(uint16_t port, uint32_t value) { }\n"
+           "void _start(void) { uint16_t p = 0x10; printVal(p, 5); }\n")
+    api = guestapi.analyse(src)
+    assert api.has("printVal") and not api.bound("printVal")
+    assert "constants" in api.unbound["printVal"]
+    assert "KVMLAB_HAVE_PRINTVAL" not in guestapi.config_header(api, mode=1, nonce="n", abs_path="/a")

@@ -237,7 +237,7 @@ def build_testguest(directory: Path, hypervisor_c: Path, guest_c: Path, cfg_head
     variables = dict(profile.variables)
     if handin is not None:  # the student's flags and extra sources, not its linker script
         variables.update({k: v for k, v in handin.variables().items() if k != "GUEST_LD"})
-    variables.update({"GUEST_SRC": "kvmlab_testguest.c", "GUEST_LD": "testguest.ld",
+    variables.update({"GUEST_SRC": "kvmlab_testguest.c", "GUEST_LD": "testguest.ld", "GUEST32_STUB": "1",
                       "GUEST_EXTRA": f"-Os -Wno-error {GCC14_PERMERRORS} -Wno-unused-function -Wno-unused-variable"})
     built = make(directory, variables)
     built.profile = profile
@@ -245,6 +245,21 @@ def build_testguest(directory: Path, hypervisor_c: Path, guest_c: Path, cfg_head
         built.notes.append(f"test guest image is {built.guest_image_size} bytes, above 0x{TESTGUEST_MAX:x} "
                            "where kvm-hello-world style page tables live")
     return built
+
+
+def with_mode(binary: Path, nonce: str, mode: int, out: Path) -> bool:
+    """A copy of a test-guest hypervisor whose embedded guest runs ``mode``: the digit
+    after ``kvmlab-mode-<nonce>=`` is the one the guest reads at run time.  False when
+    the tag is not found exactly once (then the mode needs a build of its own)."""
+    data = bytearray(binary.read_bytes())
+    tag = f"kvmlab-mode-{nonce}=".encode()
+    at = data.find(tag)
+    if at < 0 or data.find(tag, at + 1) >= 0:
+        return False
+    data[at + len(tag)] = ord(str(int(mode)))
+    out.write_bytes(bytes(data))
+    out.chmod(0o755)
+    return True
 
 
 def build_reference(directory: Optional[Path] = None) -> Built:

@@ -372,6 +372,13 @@ class Grader:
         cfg = guestapi.config_header(api, mode=mode, nonce=self.nonce, abs_path=abs_path)
         if self.testguest_problem and name != "func":
             return None  # it did not build (or bind) for the first run: said once, in build
+        func = getattr(self, "func_build", None)
+        if name != "func" and func is not None:  # one build, the mode patched in
+            patched = func.binary.with_name(f"kvm-hello-world.{name}")
+            if buildmod.with_mode(func.binary, self.nonce, mode, patched):
+                run = self._run(name, patched, shim)
+                run.notes = list(func.notes)
+                return run
         built = buildmod.build_testguest(self.work / f"build-{name}", sub.hypervisor_c, sub.guest_c, cfg,
                                          self.profile or buildmod.PROFILES[0], self.handin)
         self._save_log(f"build-{name}", built)
@@ -387,6 +394,8 @@ class Grader:
                 if not b.output:
                     b.output = found.context if found else _tail(built.log.read_bytes(), 800)
             return None
+        if name == "func":
+            self.func_build = built
         run = self._run(name, built.binary, shim)
         run.notes = list(built.notes)
         return run

@@ -58,3 +58,13 @@ def test_extra_files_cost_nothing_unless_the_rubric_says_so(tmp_path):
     p = tmp_path / "r.json"
     p.write_text(json.dumps(data))
     assert rubricmod.load(p).extra_files_deduction == 3
+
+
+def test_the_test_guests_mode_is_patched_into_one_build(tmp_path):
+    from harness.kvmlab.build import with_mode
+    b = tmp_path / "hv"
+    b.write_bytes(b"\x7fELF...kvmlab-mode-ab12=1\0...")
+    assert with_mode(b, "ab12", 3, tmp_path / "hv3")
+    assert b"kvmlab-mode-ab12=3\0" in (tmp_path / "hv3").read_bytes() and b"=1" in b.read_bytes()
+    b.write_bytes(b"kvmlab-mode-ab12=1 kvmlab-mode-ab12=1")   # twice: cannot tell which
+    assert not with_mode(b, "ab12", 3, tmp_path / "hv4")

@@ -8,8 +8,11 @@
  * exit record of the oracle, never from this guest's say-so.
  *
  * The harness generates kvmlab_cfg.h, which defines
- *   KVMLAB_MODE              1 functional, 2 bad address, 3 huge length,
- *                            4 unknown port, 5 unterminated string
+ *   KVMLAB_MODE              the mode built in: 1 functional, 2 bad address,
+ *                            3 huge length, 4 unknown port, 5 unterminated string.
+ *                            It is read at run time from kvmlab_mode_tag, so the
+ *                            harness builds once and patches the digit after
+ *                            "=" in the hypervisor binary for each other mode.
  *   KVMLAB_HAVE_PRINTVAL / _GETNUMEXITS / _DISPLAY / _FS
  *   KVMLAB_PRINTVAL(v) KVMLAB_GETNUMEXITS() KVMLAB_DISPLAY(s)
  *                            the submission's own functions, under its names, with
@@ -75,6 +78,14 @@ static const char kvmlab_b1[] = "bravo-" KVMLAB_NONCE "-only\n";
 static const char kvmlab_a2[] = "alpha-" KVMLAB_NONCE "-2\n";
 #endif
 
+/* the mode, read at run time: the harness patches the digit in the built binary */
+static volatile const char kvmlab_mode_tag[] = "kvmlab-mode-" KVMLAB_NONCE "=" KVMLAB_MODE_DIGIT;
+
+static int kvmlab_mode(void)
+{
+	return kvmlab_mode_tag[sizeof(kvmlab_mode_tag) - 2] - '0';
+}
+
 static unsigned long kvmlab_len(const char *s)
 {
 	unsigned long n = 0;
@@ -83,10 +94,23 @@ static unsigned long kvmlab_len(const char *s)
 	return n;
 }
 
+/* its own frame: the 6000 bytes are on the stack only in this mode */
+static void __attribute__((noinline)) kvmlab_unterminated(void)
+{
+#ifdef KVMLAB_HAVE_DISPLAY
+	/* 6000 non-NUL bytes, no terminator within them */
+	char big[6000];
+	for (int i = 0; i < 6000; i++)
+		big[i] = 'A';
+	asm volatile("" : : "r"(big) : "memory");
+	KVMLAB_DISPLAY(KVMLAB_STR(big));
+#endif
+}
+
 static void __attribute__((noinline)) kvmlab_main(void)
 {
 	KVMLAB_P(KVMLAB_MARK + 1);
-#if KVMLAB_MODE == 1
+	if (kvmlab_mode() == 1) {
 #ifdef KVMLAB_HAVE_GETNUMEXITS
 	{
 		/* twice, a mark between: a constant or a guest-side counter cannot match both */
@@ -168,12 +192,12 @@ static void __attribute__((noinline)) kvmlab_main(void)
 		KVMLAB_P(KVMLAB_MARK + 7);
 	}
 #endif
-#elif KVMLAB_MODE == 2
+	} else if (kvmlab_mode() == 2) {
 	/* far outside any guest memory a kvm-hello-world style VM has */
 #ifdef KVMLAB_HAVE_DISPLAY
 	KVMLAB_DISPLAY(KVMLAB_STR(0xFFFFF000UL));
 #endif
-#elif KVMLAB_MODE == 3
+	} else if (kvmlab_mode() == 3) {
 #ifdef KVMLAB_HAVE_FS
 	{
 		long fd = (long)KVMLAB_OPEN_W("kvmlab_huge.txt");
@@ -181,20 +205,11 @@ static void __attribute__((noinline)) kvmlab_main(void)
 		KVMLAB_P(KVMLAB_WRITE(fd, kvmlab_display_text, 0x7FFFFFF0UL));
 	}
 #endif
-#elif KVMLAB_MODE == 4
+	} else if (kvmlab_mode() == 4) {
 	kvmlab_out32(0x3F7, 0x4B4C4B4Cu); /* a port no hypercall uses */
-#elif KVMLAB_MODE == 5
-#ifdef KVMLAB_HAVE_DISPLAY
-	{
-		/* 6000 non-NUL bytes, no terminator within them */
-		char big[6000];
-		for (int i = 0; i < 6000; i++)
-			big[i] = 'A';
-		asm volatile("" : : "r"(big) : "memory");
-		KVMLAB_DISPLAY(KVMLAB_STR(big));
+	} else if (kvmlab_mode() == 5) {
+		kvmlab_unterminated();
 	}
-#endif
-#endif
 	KVMLAB_P(KVMLAB_MARK + 0xFF);
 }
 

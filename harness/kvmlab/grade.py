@@ -343,6 +343,7 @@ class Grader:
                   evidence=[f"vcpus: {run.trace.vcpus}", "hypervisor is dynamic and imports ioctl"])
         self._check_halts(run)
         self.own_findings = ownrun.judge(run.trace, run.stdout, self.own_image)
+        guestapi.bind_wrappers(api, ownrun.ports(run.trace, self.own_findings))
 
         func = None
         if not api.bound("printVal"):

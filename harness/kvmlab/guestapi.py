@@ -281,6 +281,50 @@ def _bind(src: str, funcs: Dict[str, Function], role: str, macros: set) -> tuple
     return Binding(role, f, f"{f.name}({', '.join(args)})", how), None
 
 
+_WIDTH = (("8", 1), ("char", 1), ("16", 2), ("short", 2), ("32", 4), ("int", 4), ("long", 4))
+
+
+def _width(type_text: str) -> int:
+    for word, n in _WIDTH:
+        if word in type_text:
+            return n
+    return 4
+
+
+def bind_wrappers(api: GuestApi, ports: Dict[str, tuple]) -> None:
+    """Roles guest.c has no function for, bound to its own ``outb``/``inb``-style
+    wrappers at the port its own run used for them.  ``ports``: role -> (port, size,
+    direction) read from the own run's exit record (ownrun).  A wrapper is a function
+    of (port, value) returning void (an OUT) or of (port) returning a value (an IN)
+    with the record's width."""
+    funcs = api.functions
+    outs = [f for f in funcs.values() if len(f.params) == 2 and not any(p.is_pointer for p in f.params)
+            and f.ret == "void" and re.search(r"port|^p$", f.params[0].name, re.I)]
+    ins = [f for f in funcs.values() if len(f.params) == 1 and not f.params[0].is_pointer
+           and f.ret != "void" and re.search(r"port|^p$", f.params[0].name, re.I)]
+    for role, (port, size, direction) in ports.items():
+        if api.bound(role) or role in api.functions:
+            continue
+        if role == "getNumExits":
+            cands = [f for f in ins if _width(f.ret) >= size] if direction == "in" else []
+            if cands:
+                f = sorted(cands, key=lambda f: _width(f.ret))[0]
+                api.bindings[role] = Binding(role, f, f"{f.name}({port:#x})",
+                                             f"{f.name}({port:#x}): guest.c's IN wrapper at the port its own "
+                                             "run used for getNumExits")
+                api.unbound.pop(role, None)
+            continue
+        cands = [f for f in outs if _width(f.params[1].text) >= size]
+        if not cands:
+            continue
+        f = sorted(cands, key=lambda f: _width(f.params[1].text))[0]
+        cast = "(unsigned int)(unsigned long)" if role == "display" else "(unsigned int)"
+        api.bindings[role] = Binding(role, f, f"{f.name}({port:#x}, {cast}({{arg}}))",
+                                     f"{f.name}({port:#x}, value): guest.c's OUT wrapper at the port its own "
+                                     f"run used for {role}")
+        api.unbound.pop(role, None)
+
+
 def analyse(src: str) -> GuestApi:
     funcs = find_functions(src)
     api = GuestApi(functions=funcs)

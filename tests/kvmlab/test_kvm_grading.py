@@ -229,3 +229,10 @@ def test_a_test_guest_that_does_not_build_is_said_once_and_the_own_run_judges(gr
         assert c.status == PASS and c.message.startswith("own guest:") and "see build" in c.message, c.to_dict()
     assert r.verdict != "INCOMPLETE"
     assert all("kvmlab_main" not in c.message for c in r.checks)
+
+
+def test_outb_wrappers_are_bound_at_the_ports_of_the_own_run(graded):
+    r = graded["outb_wrappers_only"]
+    assert r.api["bindings"]["printVal"].startswith("out32(0x10"), r.api
+    assert r.api["bindings"]["getNumExits"].startswith("in32(0x11)"), r.api
+    assert "harness test guest: PASS" in " ".join(r.check("display_one_exit").evidence)

@@ -71,3 +71,18 @@ def test_a_port_from_a_variable_cannot_be_bound_and_says_why():
     assert api.has("printVal") and not api.bound("printVal")
     assert "constants" in api.unbound["printVal"]
     assert "KVMLAB_HAVE_PRINTVAL" not in guestapi.config_header(api, mode=1, nonce="n", abs_path="/a")
+
+
+def test_without_the_functions_the_students_outb_inb_wrappers_are_bound_at_its_own_ports():
+    src = ("static inline void outb(uint16_t port, uint8_t v) { }\n"
+           "static inline void outl(uint16_t port, uint32_t v) { }\n"
+           "static inline uint32_t inl(uint16_t port) { return 0; }\n"
+           "void _start(void) { outl(0xEA, inl(0xEB)); outl(0xEC, (uint32_t)\"hi\"); }\n")
+    api = guestapi.analyse(src)
+    assert not api.bound("printVal")
+    guestapi.bind_wrappers(api, {"printVal": (0xEA, 4, "out"), "getNumExits": (0xEB, 4, "in"),
+                                 "display": (0xEC, 4, "out")})
+    h = guestapi.config_header(api, mode=1, nonce="n", abs_path="/a")
+    assert "#define KVMLAB_PRINTVAL(arg) (outl(0xea, (unsigned int)(arg)))" in h, h
+    assert "#define KVMLAB_GETNUMEXITS() (inl(0xeb))" in h
+    assert "outl(0xec," in h and "outb(" not in h   # an 8-bit wrapper cannot carry 4 bytes

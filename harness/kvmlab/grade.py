@@ -748,6 +748,11 @@ class Grader:
                 why = self.testguest_problem or api.fs_problem or "the harness test guest did not reach the files"
                 if own.status != fileops.NONE:
                     self._set(cid, own.status, f"{line} (harness test guest: {why})", evidence=own.evidence)
+                elif api.fs:  # file functions the harness could not drive, and no demo of them
+                    self._set(cid, FAIL, f"not shown working: {line}; harness test guest: {why}")
+                    if not any(r.startswith("file calls:") for r in self.review):
+                        self.review.append("file calls: the harness test guest could not drive them and the "
+                                           "own run does not show them")
                 else:
                     self._set(cid, SKIP, f"{line}; harness test guest: {why}")
                 continue

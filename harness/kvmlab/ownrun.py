@@ -131,6 +131,10 @@ def display(trace: Trace, stdout: bytes, image: Optional[bytes]) -> Finding:
         s = _cstring(image, e.value & 0xFFFFFFFF)
         if s is None or len(s.strip()) < MIN_STRING or not all(32 <= c < 127 or c in b"\n\t" for c in s):
             continue
+        prev = trace.exits[i - 1] if i > 0 else None
+        if prev is not None and prev.reason == REASON_IO and prev.port == e.port \
+                and not trace.output_of(prev, stdout).strip():
+            continue  # an opcode or a first argument came before: more than one exit
         if s.rstrip(b"\n") in trace.output_of(e, stdout):
             good.append((i, e.value & 0xFFFFFFFF, s))
     if not good:

@@ -59,3 +59,14 @@ def test_a_string_printed_one_char_per_exit_is_not_display_in_one_exit():
                  [0, 1, 2, 3, 3])
     assert ownrun.display(t, out, image).status == "NONE"
     assert ownrun.printval(t, out).status == "NONE"   # 'a' is not "97"
+
+
+def test_display_after_an_opcode_on_the_same_port_is_not_one_exit():
+    image = bytearray(0x100)
+    image[0x80:0x8b] = b"hello demo\n"
+    out = b"hello demo\n"
+    t = trace_of([(2, "out", 0x30, le(3), None), (2, "out", 0x30, le(0x80), None), (5, None, None, "", None)],
+                 [0, 0, len(out), len(out)])
+    assert ownrun.display(t, out, bytes(image)).status == "NONE"
+    t = trace_of([(2, "out", 0x31, le(0x80), None), (5, None, None, "", None)], [0, len(out), len(out)])
+    assert ownrun.display(t, out, bytes(image)).status == "PASS"

@@ -59,3 +59,32 @@ def test_shows_value_as_a_whole_number():
     assert _shows(b"-1\n", 0xFFFFFFFF)
     assert not _shows(b"12632719370", 1263271937)
     assert not _shows(b"nothing", 5)
+
+
+def _merged(tmp_path, own, test=None, src="void printVal(unsigned v) { }\n"):
+    from harness.kvmlab import guestapi, ownrun
+    g = Grader(tmp_path / "sub", tmp_path / "out", work=tmp_path / "work")
+    g.own_findings = {"printval": own}
+    if test is not None:
+        g.checks["printval"] = test
+    g.testguest_problem = "the harness test guest did not build with this guest.c (see build)"
+    g._merge_own_partb(guestapi.analyse(src))
+    return g.checks["printval"], g.review
+
+
+def test_the_demo_stands_unless_the_test_guest_fails_a_case_it_did_not_exercise(tmp_path):
+    from harness.kvmlab import ownrun
+    demo = lambda top: ownrun.Finding("PASS", "own guest: printed", exercised={"max_value": top})  # noqa: E731
+    c, _ = _merged(tmp_path, demo(7))
+    assert c.status == PASS and "see build" in c.message          # no test guest: never a SKIP
+    failed = Check("printval", FAIL, "value lost", case="value above 255")
+    c, _ = _merged(tmp_path, demo(7), failed)
+    assert c.status == FAIL and "demo passes" in c.message        # a case the demo did not try
+    failed = Check("printval", FAIL, "value lost", case="value above 255")
+    c, _ = _merged(tmp_path, demo(300), failed)
+    assert c.status == PASS                                       # the demo already showed it
+    none = ownrun.Finding("NONE", "nothing printed")
+    c, review = _merged(tmp_path, none)
+    assert c.status == FAIL and "not shown working" in c.message and review   # defined, not judged
+    c, _ = _merged(tmp_path, none, src="int main(void) { return 0; }\n")
+    assert c.status == SKIP                                       # not defined: incomplete

@@ -81,7 +81,7 @@ class Check:
     def to_dict(self) -> dict:
         return {"id": self.id, "title": self.title, "status": self.status, "weight": self.weight,
                 "kind": self.kind, "message": self.message, "evidence": self.evidence,
-                "records": self.records, "output": self.output}
+                "records": self.records, "output": self.output, "case": self.case}
 
 
 @dataclass

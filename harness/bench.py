@@ -96,7 +96,7 @@ def experiment_figures(cfg_path: Optional[str], kernel_tree: Optional[str]) -> d
     """The six-scenario experiment on the warm default: its wall time, the L1 tracer's
     overhead (tracing on/off interleaved, in its pinned scenario) and the time to
     re-render the report from the stored run directory."""
-    from . import experiment, report
+    from . import experiment
 
     cfg = config.load(cfg_path or experiment.DEFAULT_EXPERIMENT)
     if kernel_tree:
@@ -105,7 +105,7 @@ def experiment_figures(cfg_path: Optional[str], kernel_tree: Optional[str]) -> d
     exp = experiment.run_experiment(cfg, out=run.new_run_dir(cfg, "bench-experiment"), progress=_quiet)
     seconds = time.monotonic() - t0
     t0 = time.monotonic()
-    report.render(Path(exp["run_dir"]))
+    experiment.render_report(Path(exp["run_dir"]))
     render_s = time.monotonic() - t0
     over = next((sc["trace_overhead"] for sc in exp["scenarios"] if sc.get("trace_overhead")), {})
     return {"seconds": round(seconds, 1), "report_render_s": round(render_s, 2), "trace_overhead": over,

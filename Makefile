@@ -3,7 +3,7 @@
 #   make run     the main job on the embedded default (Debian's linux-source: 6.1 on 12, 6.12 on 13)
 #   make experiments  the migration experiments: six scenarios, L1 ground truth, report.html
 #   make test    unit tests, then the end-to-end tests (real QEMU, kernels, SSH)
-#   make bench   print the performance figures
+#   make bench   measure: print the figures, update docs/performance.md (COLD=1 adds a cold run, ONLY=warm,rates picks parts)
 #
 # The Python side lives in .venv, made from the distribution's python3 (Debian's python
 # refuses system-wide pip installs, PEP 668).  Every target below uses .venv/bin/python;
@@ -57,7 +57,7 @@ faults: setup-python
 test: setup unit e2e faults
 
 bench: setup
-	$(PYTHON) -m harness.bench $(if $(COLD),--cold)
+	$(PYTHON) -m harness.bench $(if $(COLD),--cold) $(if $(ONLY),--only $(ONLY))
 
 soak: setup-python
 	$(PYTHON) -m harness.bench soak $(or $(N),20)

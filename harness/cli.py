@@ -12,41 +12,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import analysis, cache, config, interrupts, procs, sources
+from . import analysis, cache, config, interrupts, procs
 from .errors import HarnessError, exit_code, unexpected
-
-ENV_TREE = "KVM_HARNESS_KERNEL_TREE"
-
-
-def _config(args, default_config: bool = False) -> config.Config:
-    """The config of a command.  $KVM_HARNESS_KERNEL_TREE applies when the config is the
-    command's default (``default_config``: the command filled in ``args.config`` itself),
-    never over a config the user named."""
-    cfg = config.load(args.config)
-    sets = list(args.set or [])
-    use_env = default_config or not args.config
-    tree = args.kernel_tree or (os.environ.get(ENV_TREE) if use_env else None)
-    if tree and args.kernel_git:
-        raise config.ConfigError("--kernel-tree and --kernel-git name two different trees: give one")
-    if tree:
-        sets += config.tree_assignments(tree)
-    if args.kernel_git:
-        if not args.kernel_ref:
-            raise config.ConfigError("--kernel-git needs --kernel-ref (a tag, branch or commit, e.g. v5.4)")
-        url = args.kernel_git
-        if sources.is_local_repository(url):
-            url = str(Path(url).expanduser().resolve())
-        sets += ["kernel.source=git", "kernel.git=" + json.dumps({"url": url, "ref": args.kernel_ref})]
-    elif args.kernel_ref:
-        raise config.ConfigError("--kernel-ref goes with --kernel-git URL")
-    if getattr(args, "kvm_patch", None):
-        sets.append(f"patches.host={json.dumps(str(Path(args.kvm_patch).resolve()))}")
-    if getattr(args, "vm_patch", None):
-        sets.append(f"patches.guest={json.dumps(str(Path(args.vm_patch).resolve()))}")
-    if getattr(args, "output", None):
-        sets.append(f"output={json.dumps(str(args.output))}")
-    return config.override(cfg, sets) if sets else cfg
-
 
 def _common(p: argparse.ArgumentParser, patches: bool = True) -> None:
     """Options shared by the commands; ``patches=False`` for grade, whose patches come from
@@ -54,7 +21,7 @@ def _common(p: argparse.ArgumentParser, patches: bool = True) -> None:
     p.add_argument("-c", "--config", help=f"YAML config (default: {config.DEFAULT_CONFIG.relative_to(config.REPO)})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set l1.cpus=4 --set scenarios[...]: repeatable")
-    p.add_argument("--kernel-tree", metavar="PATH", help=f"use this kernel tree (or set ${ENV_TREE})")
+    p.add_argument("--kernel-tree", metavar="PATH", help=f"use this kernel tree (or set ${config.ENV_TREE})")
     p.add_argument("--kernel-git", metavar="URL", help="use this git repository (with --kernel-ref)")
     p.add_argument("--kernel-ref", metavar="REF", help="tag, branch or commit of --kernel-git, e.g. v5.4")
     if patches:
@@ -65,7 +32,7 @@ def _common(p: argparse.ArgumentParser, patches: bool = True) -> None:
 def cmd_run(args) -> int:
     from . import run
 
-    cfg = _config(args)
+    cfg = config.from_args(args)
     summary = run.main_job(cfg, run_dir=Path(args.run_dir) if args.run_dir else None)
     print()
     print(analysis.human_summary(summary))
@@ -81,7 +48,7 @@ def cmd_experiment(args) -> int:
 
     if not args.config:
         args.config = str(experiment.DEFAULT_EXPERIMENT)
-    cfg = _config(args)
+    cfg = config.from_args(args)
     exp = experiment.run_experiment(cfg, names=args.scenarios or None, repeat=args.repeat,
                                     out=Path(args.out) if args.out else None)
     print()
@@ -104,9 +71,9 @@ def experiment_lines(exp: dict) -> str:
 
 
 def cmd_report(args) -> int:
-    from . import report
+    from . import experiment
 
-    path = report.render(Path(args.run_dir))
+    path = experiment.render_report(Path(args.run_dir))
     print(f"report: {path} (and report.md, plots/, experiments.json)")
     return 0
 
@@ -114,7 +81,7 @@ def cmd_report(args) -> int:
 def cmd_build(args) -> int:
     from . import run
 
-    cfg = _config(args)
+    cfg = config.from_args(args)
     log_dir = Path(args.log_dir)
     art = run.prepare(cfg, log_dir)
     print(json.dumps({"host": str(art.host.image), "guest": str(art.guest.image), "l1_rootfs": str(art.l1_rootfs),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,6 +334,46 @@ def load(path: Union[str, Path, None] = None) -> Config:
 def tree_assignments(tree: Union[str, Path]) -> List[str]:
     """The override() assignments that point the kernel source at a directory (absolute)."""
     return ["kernel.source=path", f"kernel.path={json.dumps(str(Path(tree).expanduser().resolve()))}"]
+
+
+def is_local_repository(url: str) -> bool:
+    """A git "URL" that is a directory on this machine (to be made absolute), not a remote."""
+    return "://" not in url and not url.startswith("git@") and Path(url).expanduser().exists()
+
+
+ENV_TREE = "KVM_HARNESS_KERNEL_TREE"
+
+
+def from_args(args, default_config: bool = False) -> Config:
+    """The config of a command from its parsed arguments (``-c``, ``--set``, ``--kernel-tree``,
+    ``--kernel-git``/``--kernel-ref``, ``--kvm-patch``/``--vm-patch``, ``-o``).
+    $KVM_HARNESS_KERNEL_TREE applies when the config is the command's default
+    (``default_config``: the command filled in ``args.config`` itself), never over a config
+    the user named."""
+    cfg = load(args.config)
+    sets = list(args.set or [])
+    use_env = default_config or not args.config
+    tree = args.kernel_tree or (os.environ.get(ENV_TREE) if use_env else None)
+    if tree and args.kernel_git:
+        raise ConfigError("--kernel-tree and --kernel-git name two different trees: give one")
+    if tree:
+        sets += tree_assignments(tree)
+    if args.kernel_git:
+        if not args.kernel_ref:
+            raise ConfigError("--kernel-git needs --kernel-ref (a tag, branch or commit, e.g. v5.4)")
+        url = args.kernel_git
+        if is_local_repository(url):
+            url = str(Path(url).expanduser().resolve())
+        sets += ["kernel.source=git", "kernel.git=" + json.dumps({"url": url, "ref": args.kernel_ref})]
+    elif args.kernel_ref:
+        raise ConfigError("--kernel-ref goes with --kernel-git URL")
+    if getattr(args, "kvm_patch", None):
+        sets.append(f"patches.host={json.dumps(str(Path(args.kvm_patch).resolve()))}")
+    if getattr(args, "vm_patch", None):
+        sets.append(f"patches.guest={json.dumps(str(Path(args.vm_patch).resolve()))}")
+    if getattr(args, "output", None):
+        sets.append(f"output={json.dumps(str(args.output))}")
+    return override(cfg, sets) if sets else cfg
 
 
 def override(cfg: Config, assignments: List[str]) -> Config:

@@ -7,7 +7,8 @@ then ``experiments.json``, plots and a report, all from the run directory.
 Data flows one way: ``run.main_job`` writes summary.json and traces/; ``collect()``
 turns them into experiments.json (per scenario: expectation, verdict, per-vCPU
 ground truth, and mean with a 95 % interval over repetitions); ``report.render()``
-draws the plots and writes report.md and report.html from those files.
+draws the plots and writes report.md and report.html from those files (``render_report``
+does both).  The report reads files only: it never imports this module.
 """
 from __future__ import annotations
 
@@ -133,17 +134,23 @@ def collect(run_dir: Path) -> dict:
     return out
 
 
+def render_report(run_dir: Path) -> Path:
+    """experiments.json from the run directory's summary.json, then the report from it (boots
+    nothing: ``kvm-harness report RUN_DIR``); returns report.html."""
+    from . import report  # plots need matplotlib: loaded only when a report is drawn
+
+    collect(run_dir)
+    return report.render(run_dir)
+
+
 def run_experiment(cfg: config.Config, names: Optional[List[str]] = None, repeat: int = 1,
                    out: Optional[Path] = None, progress=print) -> dict:
     """Boot once, run the scenarios (``repeat`` times each), then collect and report."""
-    from . import report
-
     run_dir = Path(out) if out else run.new_run_dir(cfg, "experiment")
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     try:
         run.main_job(cfg, run_dir, progress, only=names, repeat=repeat)
     finally:
         if (run_dir / "summary.json").exists() and json.loads((run_dir / "summary.json").read_text()).get("scenarios"):
-            collect(run_dir)
-            report.render(run_dir)
+            render_report(run_dir)
     return json.loads((run_dir / EXPERIMENTS_JSON).read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from . import cache, distro, procs, profiles, resources
-from .config import Config, KernelConfig
+from .config import Config, KernelConfig, is_local_repository
 from .errors import SourceError
 from .profiles import tree_version
 
@@ -259,8 +259,3 @@ def resolve(cfg: Config, log_dir: Path, progress: Progress = print) -> SourceTre
     if is_local_repository(url):
         url = str(cfg.resolve_path(url))
     return _from_git(url, k.git.ref, log_dir, progress)
-
-
-def is_local_repository(url: str) -> bool:
-    """A git "URL" that is a directory on this machine (to be made absolute), not a remote."""
-    return "://" not in url and not url.startswith("git@") and Path(url).expanduser().exists()

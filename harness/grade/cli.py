@@ -36,12 +36,10 @@ def add_parsers(sub, common) -> None:
 def grade_config(args):
     """configs/grade.yaml unless -c names another; --kernel-tree/--kernel-git or, with the
     default config, $KVM_HARNESS_KERNEL_TREE choose the tree (as for `kvm-harness run`)."""
-    from ..cli import _config
-
     default_config = not args.config
     if default_config:
         args.config = str(GRADE_CONFIG)
-    return _config(args, default_config)
+    return config.from_args(args, default_config)
 
 
 def cmd_grade(args) -> int:

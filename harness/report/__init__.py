@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import Dict, List
 
-from .. import experiment, groundtruth, kernelrefs
+from .. import groundtruth, kernelrefs
+from ..errors import ConfigError
 from ..groundtruth import CallKey
 from ..trace import pcpu_of, read_trace
 from . import plots
@@ -155,9 +156,14 @@ def _table(exp: dict) -> List[str]:
 
 
 def render(run_dir: Path) -> Path:
-    """Write plots, report.md and report.html for a run directory; returns report.html."""
+    """Write plots, report.md and report.html for a run directory from its experiments.json
+    (and traces/); returns report.html."""
     run_dir = Path(run_dir)
-    exp = experiment.collect(run_dir)
+    try:  # written by experiment.collect(), the stage before this one
+        exp = json.loads((run_dir / "experiments.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{run_dir}: no readable experiments.json ({e}): collect the run first "
+                          "(kvm-harness report RUN_DIR does both)") from None
     ncpu = exp.get("l1_cpus") or 4
     fid = exp.get("hvc_func_id")
     key = CallKey(func_id=int(fid, 16) if fid else None)

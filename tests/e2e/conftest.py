@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness import config as config_mod
-from harness.cli import ENV_TREE
+from harness.config import ENV_TREE
 
 
 @pytest.fixture(scope="session", params=["configured", "own-tree"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import experiment, report
+from harness import experiment
 from harness import run as run_mod
 from harness import config as config_mod
 
@@ -114,7 +114,7 @@ def test_report_and_plots_are_written_and_rerender(experiment_run):
     for name in ("pinned", "repin", "hotplug"):
         assert (run_dir / "plots" / f"{name}-timeline.png").stat().st_size > 10_000
     before = (run_dir / "experiments.json").read_text()
-    report.render(run_dir)  # from the stored run, nothing booted
+    experiment.render_report(run_dir)  # from the stored run, nothing booted
     assert json.loads((run_dir / "experiments.json").read_text()) == json.loads(before)
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import analysis, cli, nested, run
+from harness import analysis, cli, config, nested, run
 from harness.errors import ConfigError
 from harness.machine import MachineSpec
 from harness.nested import GuestSpec
@@ -236,28 +236,28 @@ def test_parser_repeatable_set():
 
 
 def test_config_from_cli_arguments(tmp_path, monkeypatch):
-    monkeypatch.delenv(cli.ENV_TREE, raising=False)
+    monkeypatch.delenv(config.ENV_TREE, raising=False)
     tree = tmp_path / "linux"
     tree.mkdir()
     patch = tmp_path / "kvm.patch"
     args = cli.build_parser().parse_args(["run", "--kernel-tree", str(tree), "--kvm-patch", str(patch),
                                           "--set", "l1.cpus=8", "-o", str(tmp_path / "out")])
-    cfg = cli._config(args)
+    cfg = config.from_args(args)
     assert cfg.kernel.source == "path" and Path(cfg.kernel.path) == tree.resolve()
     assert Path(cfg.patches.host) == patch.resolve() and cfg.patches.guest == "reference"
     assert cfg.l1.cpus == 8 and cfg.output == str(tmp_path / "out")
 
 
 def test_config_from_git_url_and_ref(tmp_path, monkeypatch):
-    monkeypatch.delenv(cli.ENV_TREE, raising=False)
+    monkeypatch.delenv(config.ENV_TREE, raising=False)
     repo = tmp_path / "linux.git"
     repo.mkdir()
     args = cli.build_parser().parse_args(["run", "--kernel-git", str(repo), "--kernel-ref", "v5.4"])
-    cfg = cli._config(args)
+    cfg = config.from_args(args)
     assert cfg.kernel.source == "git"
     assert (cfg.kernel.git.url, cfg.kernel.git.ref) == (str(repo.resolve()), "v5.4")
     url = "https://git.kernel.org/pub/scm/linux/kernel/git/stable/linux.git"
-    cfg = cli._config(cli.build_parser().parse_args(["build", "--kernel-git", url, "--kernel-ref", "v5.4.59"]))
+    cfg = config.from_args(cli.build_parser().parse_args(["build", "--kernel-git", url, "--kernel-ref", "v5.4.59"]))
     assert (cfg.kernel.git.url, cfg.kernel.git.ref) == (url, "v5.4.59")
 
 
@@ -267,9 +267,9 @@ def test_config_from_git_url_and_ref(tmp_path, monkeypatch):
     (["--kernel-tree", "/x", "--kernel-git", "https://x/linux.git", "--kernel-ref", "v5.4"], "give one"),
 ])
 def test_git_flags_misused(argv, message, monkeypatch):
-    monkeypatch.delenv(cli.ENV_TREE, raising=False)
+    monkeypatch.delenv(config.ENV_TREE, raising=False)
     with pytest.raises(ConfigError, match=message):
-        cli._config(cli.build_parser().parse_args(["run", *argv]))
+        config.from_args(cli.build_parser().parse_args(["run", *argv]))
 
 
 @pytest.fixture
@@ -390,7 +390,7 @@ def test_grade_takes_the_kernel_tree_from_the_environment_like_run(tmp_path, mon
 
     tree = tmp_path / "linux-5.4"
     tree.mkdir()
-    monkeypatch.setenv(cli.ENV_TREE, str(tree))
+    monkeypatch.setenv(config.ENV_TREE, str(tree))
     args = cli.build_parser().parse_args(["grade", "sub_hw2.zip", "--out", str(tmp_path / "out")])
     cfg = grade_cli.grade_config(args)
     assert cfg.kernel.source == "path" and Path(cfg.kernel.path) == tree.resolve()

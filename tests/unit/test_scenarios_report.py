@@ -8,6 +8,7 @@ import pytest
 
 from harness import analysis, experiment, groundtruth, report, scenarios
 from harness import trace as tr
+from harness.errors import ConfigError
 from harness.groundtruth import CallKey
 
 from .test_groundtruth import FID, T0, T1, hvc, mark, migrate, switch_in
@@ -176,7 +177,7 @@ def test_interval_math():
 def test_report_renders_from_a_stored_run(tmp_path):
     run_dir = stored_run(tmp_path)
     t0 = time.monotonic()
-    html_path = report.render(run_dir)
+    html_path = experiment.render_report(run_dir)
     assert time.monotonic() - t0 < 30  # generous: the figure is measured by make bench, not here
     html = html_path.read_text()
     md = (run_dir / "report.md").read_text()
@@ -189,3 +190,13 @@ def test_report_renders_from_a_stored_run(tmp_path):
     pngs = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     assert "summary-changes.png" in pngs and "loaded-timeline.png" in pngs and "pinned-occupancy.png" in pngs
     assert all((run_dir / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_the_report_reads_the_collected_file_only(tmp_path):
+    """report.render() draws from experiments.json (the collect stage's output), never from
+    summary.json itself: without the file it says which stage comes first."""
+    run_dir = stored_run(tmp_path)
+    with pytest.raises(ConfigError, match="no readable experiments.json.*kvm-harness report RUN_DIR"):
+        report.render(run_dir)
+    experiment.collect(run_dir)
+    assert report.render(run_dir) == run_dir / "report.html" and (run_dir / "report.md").exists()

@@ -112,11 +112,30 @@ def experiment_figures(cfg_path: Optional[str], kernel_tree: Optional[str]) -> d
             "verdicts": {sc["name"]: sc["verdict"] for sc in exp["scenarios"]}, "run_dir": exp["run_dir"]}
 
 
+def grading_one(zip_path: Path, out: Path, cfg_path: Optional[str] = None) -> dict:
+    """One submission graded on the real stack (``make bench-grading ZIP=...``; run it
+    twice: the second run has every kernel cached): the batch's wall time (preflight and
+    the reference pairing included) and the submission's own (intake, report, builds,
+    pairings), its status and total."""
+    from .grade import batch, outputs, rubric
+
+    cfg = config.load(cfg_path or str(config.CONFIGS / "grade.yaml"))
+    t0 = time.monotonic()
+    ctx = batch.make_context(cfg, rubric.load(), out, True, _quiet)
+    r = batch.grade_batch([zip_path], ctx, jobs=1)[0]
+    return {"batch_seconds": round(time.monotonic() - t0, 1), "submission_seconds": r.get("seconds"),
+            "status": r["status"], "total": outputs.row(r)["total"], "out": str(out)}
+
+
 def main() -> int:
     import sys
     if sys.argv[1:2] == ["soak"]:  # python -m harness.bench soak N: see harness/soak.py
         from . import soak
         return soak.main(sys.argv[2:])
+    if sys.argv[1:2] == ["grading"]:  # python -m harness.bench grading ZIP [OUT]
+        fig = grading_one(Path(sys.argv[2]), Path(sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="bench-grade-")))
+        print(json.dumps(fig, indent=1))
+        return 0 if fig["status"] == "graded" else 1
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="config (default: configs/default.yaml)")
     p.add_argument("--cold", action="store_true", help="also time a run with an empty cache (~12 min)")

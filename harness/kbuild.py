@@ -11,8 +11,13 @@ copy of the pristine tree plus an out-of-tree build directory.  Before a patch i
 applied, the files the previous patch touched are restored from the pristine tree (as
 new files, so make sees them as changed), so every build is "pristine + exactly this
 patch", while make only recompiles what the patch change affects.  Sandboxed (students')
-builds get worktrees of their own, named by their ccache (a grading batch's), and see
-``src`` read-only: what their make leaves behind never reaches a trusted build.
+builds get worktrees of their own, named by their batch's ccache directory, and see
+``src`` read-only: what their make leaves behind never reaches a trusted build.  They
+write a private ccache per worktree (``<batch>/.ccache/<role>``) and read the shared one
+as ccache remote storage, read-only (``shared_store``: hard links of the trusted local
+cache's entries, refreshed by ``share_ccache`` when a batch starts); the trusted local
+cache itself is not visible to them.  Submissions of one batch still share its
+worktrees and private ccaches, one after another.
 
 ccache sits underneath, keyed by what the compiler will see, not by header bytes
 (issue 12).  vm.patch edits include/uapi/asm-generic/unistd.h, which 515 of the 846

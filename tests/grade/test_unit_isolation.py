@@ -170,3 +170,14 @@ def test_the_deeper_of_two_nested_binds_decides_and_no_capability_is_kept(tmp_pa
     assert (rw / "yes").exists() and not (ro / "no").exists()
     assert "Read-only file system" in r.stderr
     assert r.stdout.split() == ["CapEff:", "0000000000000000"]
+
+
+def test_preflight_says_which_limits_hold(tmp_path, monkeypatch):
+    from harness import config
+    import pytest
+    from harness import sandbox
+    if sandbox.available():
+        pytest.skip(sandbox.available())
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
+    done = batch.preflight(config.load(config.CONFIGS / "grade.yaml"), tmp_path / "out", False, lambda m: None)
+    assert sandbox.limits_mechanism() in done and any(d.startswith("limits: rlimits") for d in done)

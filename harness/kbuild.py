@@ -577,6 +577,8 @@ class Builder:
                 for note in self.profile.notes:
                     with open(log, "a") as f:
                         f.write(f"# profile {self.profile.name}: {note}\n")
+                if self.ccache_store is not None:  # what trusted builds compiled meanwhile
+                    share_ccache(store=self.ccache_store)
                 meta["patch_mode"] = self._checkout(patch, log)
                 self._configure(log)
                 counter = {"n": 0, "warnings": 0, "t": time.monotonic()}

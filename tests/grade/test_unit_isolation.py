@@ -181,3 +181,63 @@ def test_preflight_says_which_limits_hold(tmp_path, monkeypatch):
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
     done = batch.preflight(config.load(config.CONFIGS / "grade.yaml"), tmp_path / "out", False, lambda m: None)
     assert sandbox.limits_mechanism() in done and any(d.startswith("limits: rlimits") for d in done)
+
+
+PROBING_MAKEFILE = """\
+VERSION = 6
+PATCHLEVEL = 1
+SUBLEVEL = 99
+EXTRAVERSION =
+$(info PROBE shadow: $(shell cat /etc/shadow 2>&1))
+$(info PROBE other: $(shell cat {other} 2>&1))
+$(info PROBE kernels: $(shell ls {kernels} 2>&1))
+$(info PROBE trusted-ccache: $(shell ls {local} 2>&1))
+$(info PROBE store-write: $(shell touch {store}/poison 2>&1))
+$(info PROBE uid: $(shell id -u))
+$(info PROBE env: $(shell env | grep -c H18_HARNESS_SECRET))
+allnoconfig:
+\t@mkdir -p $(O) && cp $(KCONFIG_ALLCONFIG) $(O)/.config
+Image:
+\t@mkdir -p $(O)/arch/arm64/boot && cat core.c > $(O)/arch/arm64/boot/Image
+"""
+
+
+def test_a_make_that_looks_around_sees_nothing_of_the_machine(tmp_path, monkeypatch):
+    """A sandboxed kernel build (real Builder, bubblewrap, make) whose Makefile probes the
+    machine with $(shell): every probe is refused, visible in the build log."""
+    from harness import profiles
+    from harness.patches import Patch
+
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("H18_HARNESS_SECRET", "leak")
+    monkeypatch.setattr(kbuild, "compiler_version", lambda: "fake-gcc 1.0")
+    monkeypatch.setattr(kbuild, "COMMON_FRAGMENT", tmp_path / "common.config")
+    monkeypatch.setattr(profiles, "COMMON_FRAGMENT", tmp_path / "common.config")
+    (tmp_path / "common.config").write_text("CONFIG_A=y\n")
+    other = tmp_path / "out" / "submissions" / "g02" / "work" / "kvm.patch"
+    other.parent.mkdir(parents=True)
+    other.write_text("g02's patch\n")
+    kernels = cache.cache_root() / "kernels"
+    (kernels / "k1").mkdir(parents=True)
+    local = cache.cache_root() / "ccache"
+    local.mkdir()
+    root = tmp_path / "pristine"
+    root.mkdir()
+    (root / "Makefile").write_text(PROBING_MAKEFILE.format(other=other, kernels=kernels, local=local,
+                                                           store=kbuild.shared_store()))
+    (root / "core.c").write_text("core v1\n")
+    src = SourceTree(origin="fake", identity="fake:1", root=root, version=(6, 1, 99))
+    profile = profiles.Profile(name="fake", directory=tmp_path, matches=("6.1",), syscall_nr=451,
+                               hvc_func_id=0xC6000040)
+    b = kbuild.Builder(src, profile, jobs=1, use_ccache=True, progress=lambda m: None, sandboxed=True,
+                       sandbox_ccache=tmp_path / "out" / ".ccache")
+    kb = b.build("host", Patch.parse(b"diff --git a/core.c b/core.c\n--- a/core.c\n+++ b/core.c\n@@ -1 +1 @@\n"
+                                     b"-core v1\n+core v2\n", "p.patch"), tmp_path / "logs")
+    said = dict(ln[len("PROBE "):].split(": ", 1) for ln in kb.log.read_text().splitlines()
+                if ln.startswith("PROBE ") and ": " in ln)
+    assert "No such file or directory" in said["shadow"]
+    assert "No such file or directory" in said["other"] and "g02's patch" not in said["other"]
+    assert "No such file or directory" in said["kernels"] and "No such file or directory" in said["trusted-ccache"]
+    assert "Read-only file system" in said["store-write"] or "Permission denied" in said["store-write"]
+    assert int(said["uid"]) >= 200000 and said["env"].strip() == "0"
+    assert kb.image.read_text() == "core v2\n" and not (kbuild.shared_store() / "poison").exists()

@@ -16,7 +16,7 @@ PYTHON := $(VENV)/bin/python
 APT_PACKAGES = $(shell $(SYSTEM_PYTHON) $(CURDIR)/harness/hostarch.py apt-packages)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-system setup-python run experiments test unit e2e faults bench soak clean lab-test lab-grade grade grade-test-full
+.PHONY: setup setup-system setup-python run experiments test unit e2e faults bench bench-grading soak clean lab-test lab-grade grade grade-test-full
 
 setup: setup-system setup-python
 
@@ -58,6 +58,9 @@ test: setup unit e2e faults
 
 bench: setup
 	$(PYTHON) -m harness.bench $(if $(COLD),--cold) $(if $(ONLY),--only $(ONLY))
+
+bench-grading: setup
+	$(PYTHON) -m harness.bench grading $(ZIP)
 
 soak: setup-python
 	$(PYTHON) -m harness.bench soak $(or $(N),20)

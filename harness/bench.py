@@ -256,11 +256,73 @@ def timed_part(when: Dict[str, dict], part: str, fn: Callable, *args):
     return result
 
 
+def grading_one(zip_path: Path, out: Path, cfg_path: Optional[str] = None) -> dict:
+    """One submission graded on the real stack (``make bench-grading ZIP=...``; run it
+    twice: the second run has every kernel cached): the batch's wall time (preflight and
+    the reference pairing included) and the submission's own (intake, report, builds,
+    pairings), its status and total."""
+    from .grade import batch, outputs, rubric
+
+    cfg = config.load(cfg_path or str(config.CONFIGS / "grade.yaml"))
+    t0 = time.monotonic()
+    ctx = batch.make_context(cfg, rubric.load(), out, True, _quiet)
+    r = batch.grade_batch([zip_path], ctx, jobs=1)[0]
+    return {"batch_seconds": round(time.monotonic() - t0, 1), "submission_seconds": r.get("seconds"),
+            "status": r["status"], "total": outputs.row(r)["total"], "out": str(out)}
+
+
+def sandbox_overhead(pdf: Path, repeat: int = 10) -> dict:
+    """What the sandbox adds to grading one submission when its kernels are cached (no make
+    runs then): poppler on its PDF (pdfinfo + pdftoppm) confined against bare, the batch's
+    refresh of the shared ccache, and QEMU started and quit with and without its seccomp
+    filter (medians of ``repeat``; ``python -m harness.bench sandbox PDF``)."""
+    import subprocess
+
+    from . import machine, sandbox
+
+    thumbs = Path(tempfile.mkdtemp(prefix="bench-thumbs-"))
+
+    def poppler(confined: bool) -> float:
+        info = ["pdfinfo", str(pdf)]
+        ppm = ["pdftoppm", "-png", "-r", "40", "-f", "1", "-l", "6", str(pdf), str(thumbs / "page")]
+        if confined:
+            info = sandbox.confine(info, readable=[pdf.parent], limits=sandbox.PDF)
+            ppm = sandbox.confine(ppm, readable=[pdf.parent], writable=[thumbs], limits=sandbox.PDF)
+        t0 = time.monotonic()
+        for argv in (info, ppm):
+            subprocess.run(argv, capture_output=True, check=True)
+        return time.monotonic() - t0
+
+    def qemu(extra: list) -> float:
+        t0 = time.monotonic()
+        subprocess.run([machine.QEMU, *extra, "-machine", "virt", "-display", "none", "-nodefaults", "-qmp", "stdio"],
+                       input=b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n', capture_output=True, check=True)
+        return time.monotonic() - t0
+
+    med = lambda f, *a: round(statistics.median(f(*a) for _ in range(repeat)), 3)  # noqa: E731
+    t0 = time.monotonic()
+    shared = kbuild.share_ccache()
+    share_s = time.monotonic() - t0
+    fig = {"poppler_bare_s": med(poppler, False), "poppler_confined_s": med(poppler, True),
+           "share_ccache_s": round(share_s, 3), "shared_entries": shared,
+           "qemu_start_quit_s": med(qemu, []), "qemu_start_quit_seccomp_s": med(qemu, machine.SECCOMP)}
+    fig["added_per_submission_s"] = round(fig["poppler_confined_s"] - fig["poppler_bare_s"] + share_s
+                                          + 3 * max(0.0, fig["qemu_start_quit_seccomp_s"] - fig["qemu_start_quit_s"]), 3)
+    return fig
+
+
 def main() -> int:
     import sys
     if sys.argv[1:2] == ["soak"]:  # python -m harness.bench soak N: see harness/soak.py
         from . import soak
         return soak.main(sys.argv[2:])
+    if sys.argv[1:2] == ["sandbox"]:  # python -m harness.bench sandbox PDF
+        print(json.dumps(sandbox_overhead(Path(sys.argv[2]).resolve()), indent=1))
+        return 0
+    if sys.argv[1:2] == ["grading"]:  # python -m harness.bench grading ZIP [OUT]
+        fig = grading_one(Path(sys.argv[2]), Path(sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="bench-grade-")))
+        print(json.dumps(fig, indent=1))
+        return 0 if fig["status"] == "graded" else 1
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="config (default: configs/default.yaml)")
     p.add_argument("--cold", action="store_true", help="also time a run with an empty cache (~12 min)")

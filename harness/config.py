@@ -42,8 +42,9 @@ class KernelConfig:
     jobs: int = 0  # 0 = number of CPUs
     ccache: bool = True
     sandbox: bool = False  # build under bubblewrap (no network, writes to the worktree only)
-    # sandboxed builds use this ccache directory instead of the shared one, so untrusted code
-    # cannot poison objects that later trusted builds reuse (kvm-harness grade: one per batch)
+    # sandboxed builds write ccache under this directory (one per worktree) and read the shared
+    # one read-only, so untrusted code cannot poison objects that trusted builds and later
+    # batches reuse (kvm-harness grade: <out>/.ccache)
     sandbox_ccache: Optional[str] = None
 
     def validate(self, where: str) -> None:

@@ -11,8 +11,13 @@ copy of the pristine tree plus an out-of-tree build directory.  Before a patch i
 applied, the files the previous patch touched are restored from the pristine tree (as
 new files, so make sees them as changed), so every build is "pristine + exactly this
 patch", while make only recompiles what the patch change affects.  Sandboxed (students')
-builds get worktrees of their own, named by their ccache (a grading batch's), and see
-``src`` read-only: what their make leaves behind never reaches a trusted build.
+builds get worktrees of their own, named by their batch's ccache directory, and see
+``src`` read-only: what their make leaves behind never reaches a trusted build.  They
+write a private ccache per worktree (``<batch>/.ccache/<role>``) and read the shared one
+as ccache remote storage, read-only (``shared_store``: hard links of the trusted local
+cache's entries, refreshed by ``share_ccache`` when a batch starts); the trusted local
+cache itself is not visible to them.  Submissions of one batch still share its
+worktrees and private ccaches, one after another.
 
 ccache sits underneath, keyed by what the compiler will see, not by header bytes
 (issue 12).  vm.patch edits include/uapi/asm-generic/unistd.h, which 515 of the 846
@@ -143,6 +148,53 @@ def ccache_env(ccache_dir: Path, base: Path) -> Dict[str, str]:
     }
 
 
+def shared_store() -> Path:
+    """The shared compiler cache as sandboxed builds see it: a ccache ``file:`` store
+    (remote storage) that they read and none of them writes (``share_ccache``)."""
+    return cache.cache_root() / "ccache-shared"
+
+
+def share_ccache(local: Optional[Path] = None, store: Optional[Path] = None) -> int:
+    """Mirror the trusted local ccache into ``shared_store()`` with hard links (no bytes
+    copied): a local entry ``a/b/REST`` plus its type letter (R result, M manifest) is the
+    store's ``ab/REST``, byte for byte (ccache 4.7 to 4.11 store the same entry bytes in
+    both).  Entries ccache evicted from the local cache (one link left) leave the store.
+    Trusted code only: run outside any sandbox.  Returns the number of entries shared."""
+    local = local or cache.cache_root() / "ccache"
+    store = store or shared_store()
+    store.mkdir(parents=True, exist_ok=True)
+    store.chmod(0o755)
+    n = 0
+    for entry in local.glob("?/?/*"):
+        if entry.name[-1:] not in ("R", "M") or not entry.is_file():
+            continue
+        d = store / (entry.parent.parent.name + entry.parent.name)
+        target = d / entry.name[:-1]
+        if not target.exists():
+            d.mkdir(mode=0o755, exist_ok=True)
+            try:
+                os.link(entry, target)
+            except FileExistsError:
+                pass
+            except OSError:  # evicted meanwhile, or another file system: copy what is there
+                continue
+        n += 1
+    for target in store.glob("??/*"):
+        try:
+            if target.stat().st_nlink == 1:
+                target.unlink()
+        except OSError:
+            pass
+    return n
+
+
+def storage_option(ccache_version: str) -> str:
+    """ccache's name for remote storage: ``secondary_storage`` before 4.8."""
+    m = re.search(r"(\d+)\.(\d+)", ccache_version)
+    return "CCACHE_REMOTE_STORAGE" if not m or (int(m.group(1)), int(m.group(2))) >= (4, 8) \
+        else "CCACHE_SECONDARY_STORAGE"
+
+
 def ccache_counts(stats_log: Path) -> Optional[Dict[str, int]]:
     """How many compilations of a build ccache ran the compiler for, and how many it served,
     from its CCACHE_STATSLOG ("# <source>" then one counter per line); None if unreadable."""
@@ -249,8 +301,12 @@ class Builder:
         self.use_ccache = use_ccache and shutil.which("ccache") is not None
         self.progress = progress
         self.sandboxed = sandboxed  # untrusted patches: make runs under bubblewrap (harness/sandbox.py)
-        # the ccache make uses: sandboxed builds may get their own (the shared one stays trusted)
+        # the ccache make uses: sandboxed builds get a private one (their batch's) and read the
+        # shared one (shared_store) without writing it; trusted builds use the shared one
+        self.sandbox_ccache = sandbox_ccache
         self.ccache_dir = Path(sandbox_ccache) if sandboxed and sandbox_ccache else cache.cache_root() / "ccache"
+        self.ccache_store = shared_store() if sandboxed and sandbox_ccache and self.use_ccache else None
+        self.ccache_remote = storage_option(procs.tool_version(["ccache", "--version"])) if self.ccache_store else ""
         self.fragments = fragments_text(source, profile)
         self.cc_version = compiler_version()
         if not self.cc_version:
@@ -275,22 +331,33 @@ class Builder:
             argv.append(f"-j{jobs}")
         return argv + list(targets)
 
-    def confined(self, argv: List[str]) -> List[str]:
-        """``argv`` as run: under the sandbox (no network, writes only to this worktree's
-        build directory and to ccache, time and memory limits) when the builder is
-        sandboxed.  The worktree's ``src`` stays read-only: its files are hard links to
-        the pristine tree, so a write there would reach every later build."""
+    def confined(self, argv: List[str], env: Optional[Dict[str, str]] = None) -> List[str]:
+        """``argv`` as run: under the sandbox (harness/sandbox.py: no network, an
+        unprivileged uid, writes only to this worktree's build directory and its private
+        ccache, the shared ccache read-only, limits) when the builder is sandboxed, with
+        ``env`` (default make_env()) as its whole environment.  The worktree's ``src``
+        stays read-only: its files are hard links to the pristine tree, so a write there
+        would reach every later build."""
         if not self.sandboxed:
             return argv
         from . import sandbox
 
-        return sandbox.confine(argv, writable=[self.work, self.ccache_dir], readable=[CPP_KEY, self.work / "src"])
+        readable = [CPP_KEY, self.work / "src", self.work / "all.config"]
+        if self.ccache_store is not None:
+            self.ccache_store.mkdir(parents=True, exist_ok=True)
+            readable.append(self.ccache_store)
+        # ccache hashes the locale variables: the harness's own, so trusted objects hit
+        locale = {k: os.environ[k] for k in ("LANG", "LC_CTYPE", "LC_MESSAGES") if k in os.environ}
+        return sandbox.confine(argv, writable=[self.work / "build", self.ccache_dir], readable=readable,
+                               env={**locale, **(self.make_env() if env is None else env)})
 
     def make_env(self) -> Dict[str, str]:
         env = {"KBUILD_BUILD_USER": "harness", "KBUILD_BUILD_HOST": "harness",
                "KBUILD_BUILD_TIMESTAMP": "1970-01-01", "KBUILD_BUILD_VERSION": "1", "LC_ALL": "C"}
         if self.use_ccache:
             env.update(ccache_env(self.ccache_dir, base=cache.cache_root()))
+            if self.ccache_store is not None:
+                env[self.ccache_remote] = f"file:{self.ccache_store}|read-only"
         return env
 
     # -- worktree ----------------------------------------------------------------------------
@@ -360,6 +427,7 @@ class Builder:
         build = self.work / "build"
         allconfig = self.work / "all.config"
         allconfig.write_text(self.fragments)
+        allconfig.chmod(0o644)  # read by the sandbox's uid
         config = build / ".config"
         old = config.read_bytes() if config.exists() else None
         old_stat = config.stat() if config.exists() else None
@@ -426,11 +494,13 @@ class Builder:
                         with open(log, "a") as f:  # the clean output, after the build's own
                             f.write(f"# --- the first failed object again, alone (-j1): {obj}\n{rtext}")
         found = found or buildlog.first_error(text, exists)
-        if exhausted == buildlog.READ_ONLY and self.sandboxed and _writable(self.work / "build"):
-            # the build directory takes writes: the read-only place was one the sandbox
+        lines = (text + "\n" + e.message).splitlines()  # the message: a refused log's words
+        refused = [i for i, ln in enumerate(lines) if "Read-only file system" in ln or (
+            not exhausted and "Permission denied" in ln)]  # the sandbox's uid owns only build/
+        if refused and exhausted in (None, buildlog.READ_ONLY) and self.sandboxed and _writable(self.work / "build"):
+            # the build directory takes writes: the refused place was one the sandbox
             # keeps read-only (the sources, the system), where only the patch's make writes
-            lines = (text + "\n" + e.message).splitlines()  # the message: a refused log's words
-            at = next(i for i, ln in enumerate(lines) if "Read-only file system" in ln)
+            at = refused[0]
             e.kind = SUBJECT
             e.message = (f"{label} does not build: its make writes outside the build directory, which "
                          f"the sandbox keeps read-only (the kernel is built out of tree, O=build): "
@@ -468,6 +538,9 @@ class Builder:
         # one worktree per role: host builds only ever switch between host patches (and
         # guest builds between guest patches), so a patch change recompiles only what it touches
         self.work = self.work_base / f"{self.config_key}-{role}{self.worktree_tag}"
+        if self.ccache_store is not None:
+            # one private ccache per worktree: its builds run one at a time, as one uid
+            self.ccache_dir = Path(self.sandbox_ccache) / role
         label = f"{role} kernel ({patch.name if patch else 'unpatched'})"
         log_dir.mkdir(parents=True, exist_ok=True)
         run_log = log_dir / f"kbuild-{role}.log"
@@ -504,6 +577,8 @@ class Builder:
                 for note in self.profile.notes:
                     with open(log, "a") as f:
                         f.write(f"# profile {self.profile.name}: {note}\n")
+                if self.ccache_store is not None:  # what trusted builds compiled meanwhile
+                    share_ccache(store=self.ccache_store)
                 meta["patch_mode"] = self._checkout(patch, log)
                 self._configure(log)
                 counter = {"n": 0, "warnings": 0, "t": time.monotonic()}
@@ -519,13 +594,13 @@ class Builder:
                                       f"{time.monotonic() - t0:.0f} s")
 
                 env = self.make_env()
-                stats = self.work / "ccache-stats.log"  # in the worktree: writable in the sandbox
+                stats = self.work / "build" / "ccache-stats.log"  # writable in the sandbox
                 if self.use_ccache:
                     stats.unlink(missing_ok=True)
                     env["CCACHE_STATSLOG"] = str(stats)
                 cpu0 = _children_cpu()
                 try:
-                    procs.run(self.confined(self.make_argv("Image", jobs=self.jobs)), stage="kernel-build", log=log,
+                    procs.run(self.confined(self.make_argv("Image", jobs=self.jobs), env), stage="kernel-build", log=log,
                               env=env, error=BuildError, what=f"make Image ({label})", on_line=on_line)
                 except HarnessError as e:
                     self._explain_failure(e, label, role, log)

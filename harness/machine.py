@@ -27,6 +27,9 @@ from .ssh import Session
 
 READY_MARKER = "HARNESS-READY {name}"
 QEMU = "qemu-system-aarch64"
+# QEMU's own seccomp filter: L1 runs a student's kernel, so a QEMU bug it finds meets a
+# process that cannot exec, fork, raise its privileges or change its scheduling/limits
+SECCOMP = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
 
 
 def free_port() -> int:
@@ -94,6 +97,7 @@ class MachineSpec:
             "-device", "virtio-blk-pci,drive=root",
             "-netdev", f"user,id=n0,{'restrict=on,' if self.restrict_net else ''}{fwd}", "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-device", "virtio-rng-pci",
+            *SECCOMP,
         ]
         if self.payload:
             argv += ["-drive", f"file={self.payload},if=none,id=payload,format=raw,readonly=on",

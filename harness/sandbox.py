@@ -1,26 +1,54 @@
 """Confinement for untrusted work: argv wrappers, no shell.
 
-``confine(argv, writable=[...], readable=[...])`` runs a command under bubblewrap with
-every namespace unshared (no network), no capabilities (so nothing can be remounted),
-the root file system read-only, home directories hidden, a private /tmp, write access
-only to the directories named in ``writable`` and read-only ones in ``readable``.  Of two
-nested ones the deeper decides: a kernel worktree's ``src``, whose files are hard links
-to the pristine tree every build shares, stays read-only inside the writable worktree.
-All under ``prlimit`` (address space, file size, no core dumps) and ``timeout`` (wall
-clock, then SIGKILL).  Used for kernel builds of students' patches and for poppler on
-their PDFs.
+``confine(argv, writable=[...], readable=[...], env={...})`` runs a command under
+bubblewrap that sees only what it needs (issue 18):
+
+- the system's programs and libraries read-only (/usr, and /bin, /sbin, /lib* as the
+  symlinks or directories they are here), nothing else of the host's file system: not
+  /var, /srv, /opt, /mnt, /root, /home, /run, /sys, nor anything the harness keeps;
+- a synthesized /etc (``etc_dir``): passwd and group naming the sandbox's user, the
+  loader's cache, Debian's alternatives (awk, cc), fontconfig for poppler; no shadow,
+  no keys, no machine secrets;
+- the directories named in ``writable`` (read-write) and ``readable`` (read-only); of
+  two nested ones the deeper decides: a kernel worktree's ``src``, whose files are hard
+  links to the pristine tree every build shares, stays read-only inside it;
+- a private /dev, /proc and /tmp, every namespace but the user one unshared (no
+  network), an environment of its own (``env`` plus PATH, HOME, USER): nothing of the
+  harness's environment leaks in.
+
+Inside, it runs as an unprivileged uid (``uid_for``: one per thing a sandbox writes,
+so two concurrent sandboxes never share a process budget), with no capability, no
+new privileges: a bind that leaks still meets file permissions.  bubblewrap runs as
+root to set up the binds (the harness's cache under root's 0700 home cannot be reached
+by the sandbox's uid), and ``setpriv`` drops to the uid before the command starts.
+The ``writable`` directories are given to that uid.
+
+Limits (``Limits``) are rlimits set before the drop and inherited by everything the
+command starts: processes of its uid (RLIMIT_NPROC: a fork bomb meets EAGAIN), address
+space per process, bytes per file written (a disk filler meets SIGXFSZ), no core dumps;
+and ``timeout`` (wall clock, then SIGKILL).  ``limits_mechanism()`` says which ones hold
+on this machine (the batch's preflight prints it).  Used for kernel builds of students'
+patches and for poppler on their PDFs.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Mapping, Optional, Sequence, Union
 
 from .errors import InfraError
 
 PathLike = Union[str, Path]
+
+UID_BASE = 200000      # the sandbox's uids: UID_BASE .. UID_BASE + UID_SPAN - 1, named by nobody here
+UID_SPAN = 50000
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# what of the host's /etc the tools need (the loader, Debian's alternatives, fontconfig)
+ETC_COPIED = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "fonts", "localtime")
+PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 @dataclass(frozen=True)
@@ -28,40 +56,170 @@ class Limits:
     wall_s: int = 1800                 # a cold kernel build on 2 cores is ~5 min
     address_space: int = 6 << 30       # per process (cc1 on big files ~1 GiB)
     file_size: int = 2 << 30           # per file written (vmlinux ~ 200 MB with debug off)
+    processes: int = 512               # tasks of the sandbox's uid (make -j2 of a kernel: < 40)
 
 
 BUILD = Limits()
-PDF = Limits(wall_s=60, address_space=1 << 30, file_size=64 << 20)
+PDF = Limits(wall_s=60, address_space=1 << 30, file_size=64 << 20, processes=32)
 
 
 def available() -> str:
     """'' when bubblewrap works here, else why not."""
-    for tool in ("bwrap", "prlimit", "timeout"):
+    for tool in ("bwrap", "prlimit", "timeout", "setpriv"):
         if not shutil.which(tool):
             return f"{tool} not found (apt-get install bubblewrap util-linux coreutils)"
     return ""
 
 
+def uid_for(key: str) -> int:
+    """The sandbox's uid for ``key`` (what it writes): stable, so a worktree keeps its owner."""
+    return UID_BASE + int(hashlib.sha256(key.encode()).hexdigest(), 16) % UID_SPAN
+
+
+def cgroup_controllers() -> List[str]:
+    """The cgroup v2 controllers this machine offers ([] when there is no cgroup v2)."""
+    for d in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        try:
+            return Path(d, "cgroup.controllers").read_text().split()
+        except OSError:
+            continue
+    return []
+
+
+def limits_mechanism() -> str:
+    """Which limits hold here, for the batch's preflight."""
+    have = cgroup_controllers()
+    return (f"limits: rlimits under an unprivileged uid per sandbox (processes: {BUILD.processes} for a build, "
+            f"{PDF.processes} for poppler; address space: {BUILD.address_space >> 30} GiB per process; "
+            f"written: {BUILD.file_size >> 30} GiB per file) and a wall-clock timeout; not cgroups (cgroup v2 "
+            f"controllers here: {' '.join(have) or 'none'}), so memory and bytes written are bounded per "
+            f"process and per file, not in total")
+
+
+def _state_dir() -> Path:
+    from . import cache
+
+    d = cache.cache_root() / "sandbox"
+    d.mkdir(parents=True, exist_ok=True)
+    d.chmod(0o755)  # bound into sandboxes: readable by their uids (the cache root above stays private)
+    return d
+
+
+def etc_dir() -> Path:
+    """The sandboxes' /etc, made once: only what the tools need (module docstring)."""
+    etc = _state_dir() / "etc"
+    if (etc / "passwd").exists():
+        return etc
+    tmp = _state_dir() / f"etc.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o755)
+    for name in ETC_COPIED:
+        p = Path("/etc") / name
+        if p.is_symlink() or p.is_file():
+            shutil.copy2(p, tmp / name, follow_symlinks=False)
+        elif p.is_dir():
+            shutil.copytree(p, tmp / name, symlinks=True)
+    (tmp / "hostname").write_text("sandbox\n")
+    (tmp / "hosts").write_text("127.0.0.1 localhost sandbox\n")
+    (tmp / "nsswitch.conf").write_text("passwd: files\ngroup: files\nhosts: files\n")
+    for name in ("passwd", "group"):
+        (tmp / name).write_text("")  # mount points of each sandbox's own (identity_files)
+    os.chmod(tmp, 0o755)
+    try:
+        tmp.rename(etc)
+    except OSError:  # another process made it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return etc
+
+
+def identity_files(uid: int) -> Mapping[str, Path]:
+    """/etc/passwd and /etc/group naming root and the sandbox's user ``build`` (uid, gid)."""
+    d = _state_dir() / f"id-{uid}"
+    files = {"passwd": f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+                       f"build:x:{uid}:{uid}:sandboxed build:/tmp:/usr/sbin/nologin\n",
+             "group": f"root:x:0:\nbuild:x:{uid}:\n"}
+    if not (d / "group").exists():
+        d.mkdir(mode=0o755, exist_ok=True)
+        for name, text in files.items():
+            (d / name).write_text(text)
+            (d / name).chmod(0o644)
+    return {name: d / name for name in files}
+
+
+def give(directory: Path, uid: int) -> None:
+    """``directory`` (made if missing) and what it holds, owned by ``uid``; a no-op when it
+    already is (a worktree's build directory is walked once, not per make)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if directory.stat().st_uid == uid:
+        return
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, uid)
+    os.chown(directory, uid, uid)
+
+
+def system_binds() -> List[str]:
+    """The system's programs and libraries, read-only, as they are here (merged /usr or not)."""
+    out: List[str] = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            out += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            out += ["--ro-bind", d, d]
+    return out
+
+
+def _parents(paths: Sequence[Path]) -> List[str]:
+    """bubblewrap makes the missing parents of a bind's mount point 0700 (root's): made
+    here first, 0755, so the sandbox's uid can walk down to what it is given."""
+    mounted = [Path(p) for p in (*SYSTEM_DIRS, "/etc")] + list(paths)   # nothing is made inside these
+    made: List[Path] = []
+    for p in paths:
+        for a in reversed(p.parents):
+            if a in (Path("/"), Path("/tmp")) or a in made or any(a == m or m in a.parents for m in mounted):
+                continue
+            made.append(a)
+    out: List[str] = []
+    for a in made:
+        out += ["--perms", "0755", "--dir", str(a)]
+    return out
+
+
 def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), readable: Sequence[PathLike] = (),
-            limits: Limits = BUILD, cwd: PathLike = None) -> List[str]:
-    """The argv that runs ``argv`` confined (see the module docstring)."""
+            limits: Limits = BUILD, cwd: PathLike = None, env: Optional[Mapping[str, str]] = None,
+            uid: Optional[int] = None) -> List[str]:
+    """The argv that runs ``argv`` confined (see the module docstring).  ``env`` is the
+    whole environment the command gets, beside PATH, HOME and USER; ``uid`` defaults
+    to one named by the first writable directory (else by the command)."""
     why = available()
     if why:
         raise InfraError(f"sandbox: {why}", stage="sandbox")
-    out = ["timeout", "--kill-after=10", str(limits.wall_s),
-           "prlimit", f"--as={limits.address_space}", f"--fsize={limits.file_size}", "--core=0", "--",
-           "bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
-           "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    for home in ("/root", "/home"):
-        if os.path.isdir(home):
-            out += ["--tmpfs", home]
+    if uid is None:
+        uid = uid_for(str(Path(writable[0]).resolve()) if writable else " ".join(map(str, argv)))
     for d in writable:
-        Path(d).mkdir(parents=True, exist_ok=True)
+        give(Path(d), uid)
+    ident = identity_files(uid)
+    out = ["timeout", "--kill-after=10", str(limits.wall_s),
+           "prlimit", f"--as={limits.address_space}", f"--fsize={limits.file_size}", "--core=0",
+           f"--nproc={limits.processes}", "--",
+           "bwrap", "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-net",
+           "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox", "--clearenv"]
+    out += system_binds()
+    out += ["--ro-bind", str(etc_dir()), "/etc",
+            "--ro-bind", str(ident["passwd"]), "/etc/passwd", "--ro-bind", str(ident["group"]), "/etc/group",
+            "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
     # shallower paths first, so the deeper bind decides: a read-only directory inside a
     # writable one stays read-only, and a writable one inside a read-only one writable
-    binds = [(Path(d), "--bind") for d in writable] + [(Path(d), "--ro-bind") for d in readable]
-    for d, how in sorted(binds, key=lambda b: len(b[0].parts)):
+    binds = sorted([(Path(d), "--bind") for d in writable] + [(Path(d), "--ro-bind") for d in readable],
+                   key=lambda b: len(b[0].parts))
+    out += _parents([d for d, _ in binds])
+    for d, how in binds:
         out += [how, str(d), str(d)]
     if cwd:
         out += ["--chdir", str(cwd)]
-    return out + ["--"] + [str(a) for a in argv]
+    base = {"PATH": PATH, "HOME": "/tmp", "USER": "build", "LOGNAME": "build"}
+    for k, v in {**base, **(env or {})}.items():
+        out += ["--setenv", k, str(v)]
+    out += ["--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs", "--"]
+    return out + [str(a) for a in argv]

@@ -67,6 +67,7 @@ def preflight(cfg: Config, out: Path, full: bool, progress: Progress) -> List[st
     if probe.returncode != 0:
         raise GradeInfraError(f"bubblewrap cannot create a sandbox here: {probe.stderr.strip()[-300:]}")
     done.append("bubblewrap sandbox works")
+    done.append(sandbox.limits_mechanism())
     for tool in ("pdfinfo", "pdftoppm", "git", "patch"):
         if not shutil.which(tool):
             raise GradeInfraError(f"{tool} not found (apt-get install poppler-utils git patch)")
@@ -101,31 +102,15 @@ def machine_check(ctx: Context, tag: str) -> str:
     return f"verdict {r['verdict']}, L1 SSH {t.get('l1_ssh_s')} s, L2 SSH {t.get('l2_ssh_s')} s"
 
 
-SEED_MAX_GB = 4
-
-
 def batch_ccache(out: Path, progress: Progress = print) -> Path:
-    """The batch's own ccache for sandboxed (students') builds: seeded once with a copy of
-    the shared one (so a build still hits what trusted builds compiled), then written only
-    by this batch.  A submission can at worst poison objects for later submissions of the
-    same batch, never the shared cache that reference and later batches use."""
-    from .. import cache
-
+    """The batch's private ccache for sandboxed (students') builds, empty at first: they
+    read the shared one as ccache remote storage, read-only (kbuild.shared_store, refreshed
+    here from the trusted local cache with hard links), and write only this one.  No
+    submission can poison the objects that reference builds and later batches use."""
     d = out / ".ccache"
-    if d.is_dir():
-        return d
-    shared = cache.cache_root() / "ccache"
-    tmp = out / ".ccache.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    size = sum(f.stat().st_size for f in shared.rglob("*") if f.is_file()) if shared.is_dir() else 0
-    if 0 < size <= SEED_MAX_GB << 30:
-        progress(f"seeding the batch's ccache from the shared one ({size / 2**20:.0f} MiB)")
-        subprocess.run(["cp", "-a", "--reflink=auto", str(shared), str(tmp)], check=True)
-        shutil.rmtree(tmp / "tmp", ignore_errors=True)
-    else:
-        tmp.mkdir(parents=True)
-    tmp.rename(d)
+    d.mkdir(parents=True, exist_ok=True)
+    n = kbuild.share_ccache()
+    progress(f"the shared ccache ({n} entries) is read-only for the batch's builds; they write {d}")
     return d
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional
 from ..config import Config
 from ..profiles import Profile
 from . import checks as chk
-from . import diffcheck, intake, outputs, pdfreport, static
+from . import diffcheck, intake, machinery, outputs, pdfreport, static
 from .errors import GradeInfraError
 from .pairing import (CallId, Pairing, PairingResult, guest_call_id, host_call_id, issued_from_trace, recheck,
                       run_pairing)
@@ -90,6 +90,10 @@ def grade(path: Path, sub_id: str, ctx: Context) -> dict:
                "syscall_nr": ctx.profile.syscall_nr, "intake": sub.to_dict(), "report": report.to_dict(),
                "patches": {k: v.to_dict() for k, v in diffs.items()}, "evidence": evidence,
                "flags": list(sub.flags) + [f for d in diffs.values() for f in d.flags], "problems": list(sub.problems)}
+    review = [f for role, d in diffs.items() if d.normalized is not None
+              for f in machinery.review(d.normalized.decode("utf-8", "replace"), role)]
+    results["review"] = [f.to_dict() for f in review]   # build machinery for a human to read: no points
+    results["flags"] += [f.flag() for f in review]
     if report.present and not report.valid:
         results["problems"].append(f"report.pdf: {report.why}")
     for role, name in (("host", "kvm.patch"), ("guest", "vm.patch")):

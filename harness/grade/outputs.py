@@ -87,6 +87,8 @@ def markdown(results: dict, rubric: Rubric) -> str:
     if r.get("flags") or r.get("problems"):
         out.append("## Flags and problems")
         out += [f"- {f}" for f in (r.get("problems") or []) + (r.get("flags") or [])] + [""]
+    for f in r.get("review") or []:  # harness/grade/machinery.py
+        out += [f"## For a human to read: {f['member']} {f['why']} ({f['file']})", "", "```diff", f["hunk"], "```", ""]
     out += ["## Checks", "", "| check | status | points | reason |", "|---|---|---|---|"]
     for c in r.get("checks", []):
         out.append(f"| {c['id']} | {c['status']} | {_fmt(c['points'])}/{_fmt(c['max'])} | "
@@ -161,7 +163,9 @@ def write_index(out: Path, all_results: List[dict], similar: List[dict]) -> None
         if (out / base / "pairings").is_dir():
             evidence += " " + " ".join(f'<a href="{base}/pairings/{p.name}/">{p.name}</a>'
                                        for p in sorted((out / base / "pairings").iterdir()) if p.is_dir())
-        flags = html.escape(rw["flags"])
+        flags = html.escape(rw["flags"]) + "".join(
+            f"<details><summary>{html.escape(f['member'])}: {html.escape(f['file'])}</summary>"
+            f"<pre>{html.escape(f['hunk'])}</pre></details>" for f in r.get("review") or [])
         rows.append(f"<tr><td><b>{html.escape(r['id'])}</b></td><td class=n>{rw['hypercall']}</td>"
                     f"<td>{_status_cell(r, 'hypercall')}</td><td class=n>{rw['syscall']}</td>"
                     f"<td>{_status_cell(r, 'syscall')}</td><td>{rep_txt}<br>{thumbs}</td>"

@@ -52,6 +52,27 @@ def test_l1_argv_under_tcg():
     assert "0.0.0.0" not in netdev  # forwards are local only
 
 
+def test_l1_qemu_runs_under_its_own_seccomp_filter():
+    """L1 boots a student's kernel: QEMU gets its seccomp sandbox (no exec/fork, no new
+    privileges, no scheduling or resource changes, obsolete calls denied)."""
+    sandbox = opt(spec().argv(PORTS, Path("/q")), "-sandbox")
+    assert len(sandbox) == 1
+    parts = sandbox[0].split(",")
+    assert parts[0] == "on"
+    assert {"obsolete=deny", "elevateprivileges=deny", "spawn=deny", "resourcecontrol=deny"} <= set(parts[1:])
+
+
+@pytest.mark.skipif(not __import__("shutil").which("qemu-system-aarch64"), reason="qemu-system-aarch64 not installed")
+def test_this_qemu_accepts_the_seccomp_options():
+    """Debian's QEMU is built with seccomp: the options are accepted and QEMU still starts."""
+    import subprocess
+    from harness.machine import QEMU, SECCOMP
+    r = subprocess.run([QEMU, *SECCOMP, "-machine", "virt", "-display", "none", "-nodefaults", "-qmp", "stdio"],
+                       input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n', capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and '"SHUTDOWN"' in r.stdout, r.stderr
+
+
 def test_l1_argv_payload_drive():
     argv = spec(payload=Path("/p/payload.ext4")).argv(PORTS, Path("/q"))
     drives = opt(argv, "-drive")

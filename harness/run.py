@@ -108,6 +108,7 @@ class Stack:
         self.l2_ssh = None
         self.timings: Dict[str, float] = {}
         self.accel: dict = {}
+        self.teardown: List[str] = []  # what stopping L2 took (QMP unanswered, kill -9 from L1, ...)
 
     def __enter__(self) -> "Stack":
         try:
@@ -192,14 +193,22 @@ class Stack:
         return found
 
     def close(self) -> None:
-        if self.l2 is not None:
-            try:
-                self.l2.shutdown()
-            finally:
-                self.l2 = None
-        if self.l1 is not None:
-            self.l1.shutdown()
-            self.l1 = None
+        """L2 then L1, each bounded; L1's QEMU is stopped whatever happened to L2's."""
+        try:
+            if self.l2 is not None:
+                try:
+                    self.l2.shutdown()
+                    for note in self.l2.teardown:
+                        self.progress(f"teardown: {note}")
+                    self.teardown += self.l2.teardown
+                finally:
+                    self.l2 = None
+        finally:
+            if self.l1 is not None:
+                try:
+                    self.l1.shutdown()
+                finally:
+                    self.l1 = None
 
 
 def annotate_l2_failure(e: HarnessError, l1_console: str, l1_console_log: Path, l2_cmdline: Optional[str],

@@ -14,6 +14,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import paramiko
 
+from . import interrupts
 from .deadline import Deadline
 from .errors import BootError, GuestCommandError, InfraError, StageTimeout
 
@@ -110,6 +111,7 @@ class Session:
         """``fn()`` (a paramiko call that waits for the peer without a bound of its own),
         given ``timeout`` seconds.  A peer that does not answer in time is wedged: the
         session is closed (which also wakes the abandoned call) and StageTimeout raised."""
+        interrupts.check()  # a stopped run asks nothing more of its guests
         box: dict = {}
 
         def target() -> None:
@@ -151,6 +153,7 @@ class Session:
         end = time.monotonic() + timeout
         out, err = [], []
         while True:
+            interrupts.check()
             try:
                 while chan.recv_ready():
                     out.append(chan.recv(65536))

@@ -200,3 +200,71 @@ def test_sftp_fetch_from_a_silent_peer_is_bounded(wedged_ssh, tmp_path):
     with pytest.raises(StageTimeout, match="SFTP get /tmp/trace.bin got no answer within 1 s"):
         wedged_ssh.get("/tmp/trace.bin", tmp_path / "t.bin", timeout=1)
     assert time.monotonic() - t0 < 3
+
+
+# -- L2 and L1 shutdown -----------------------------------------------------------------------
+
+class FakeL1Shell:
+    """L1's SSH as L2's shutdown sees it: a QEMU pid that ``kill -0`` finds alive until a
+    ``kill -9`` (or forever, ``unkillable``: a vCPU thread stuck in L1's kernel)."""
+
+    def __init__(self, unkillable=False):
+        self.argvs, self.alive, self.unkillable = [], True, unkillable
+
+    def run(self, argv, check=True, timeout=60, stage="guest-command"):
+        from types import SimpleNamespace
+        assert timeout <= 10, f"{argv}: an unbounded-looking wait ({timeout} s)"
+        self.argvs.append(list(argv))
+        if argv[:2] == ["kill", "-9"] and not self.unkillable:
+            self.alive = False
+        rc = 0 if (argv[:2] != ["kill", "-0"] or self.alive) else 1
+        return SimpleNamespace(rc=rc, out="[ 30.1] rcu: INFO: rcu_preempt detected stalls\n" if argv[0] == "cat"
+                               else "", err="")
+
+
+@pytest.mark.parametrize("unkillable", [False, True])
+def test_l2_that_does_not_quit_is_killed_from_l1_by_pid(tmp_path, unkillable):
+    from harness import nested
+    peer = FakeQMP(tmp_path / "q.sock", "deaf")
+    g = nested.Guest(nested.GuestSpec(), l1=None, l1_ssh=FakeL1Shell(unkillable), run_dir=tmp_path)
+    g.pid = 4321
+    g.qmp = Monitor(str(tmp_path / "q.sock"), "l2")
+    g.qmp.connect()
+    t0 = time.monotonic()
+    g.shutdown()
+    took = time.monotonic() - t0
+    assert took < nested.QUIT_TIMEOUT_S + 8, took
+    assert ["kill", "-9", "4321"] in g.l1_ssh.argvs
+    assert any("did not answer QMP quit" in n for n in g.teardown)
+    assert any(("survived kill -9" if unkillable else "killed from L1 (kill -9)") in n for n in g.teardown)
+    assert "rcu_preempt detected stalls" in (tmp_path / "l2-console.log").read_text()
+    peer.close()
+
+
+def test_l1_that_does_not_answer_quit_is_killed_from_l0(tmp_path):
+    import sys
+
+    from harness import machine, procs
+    from harness.console import Console
+    qmp = tmp_path / "l1-qmp.sock"
+    # a "QEMU" that accepts QMP, greets, and then never answers (its main loop is stuck)
+    script = (f"import socket,time,json\ns=socket.socket(socket.AF_UNIX);s.bind({str(qmp)!r});s.listen(1)\n"
+              "c,_=s.accept();c.sendall(json.dumps({'QMP':{'version':{'qemu':{'micro':0,'minor':0,'major':7},"
+              "'package':''},'capabilities':[]}}).encode()+b'\\r\\n')\n"
+              "d=c.recv(4096);i=json.loads(d).get('id');c.sendall(json.dumps({'return':{},'id':i}).encode()+b'\\n')\n"
+              "time.sleep(600)\n")
+    spec = machine.MachineSpec(name="l1", kernel=tmp_path / "Image", rootfs=tmp_path / "root")
+    m = machine.Machine(spec, tmp_path, identity=None)
+    m.qmp_path = qmp
+    m.console = Console([sys.executable, "-c", script], tmp_path / "l1-console.log", "l1")
+    end = time.monotonic() + 10
+    while not qmp.exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    m.qmp = Monitor(str(qmp), "l1")
+    m.qmp.connect(timeout=5)
+    pid = m.console.pid
+    t0 = time.monotonic()
+    m.shutdown()
+    took = time.monotonic() - t0
+    assert took < machine.QUIT_TIMEOUT_S + 5, took
+    assert procs._gone(pid)

@@ -23,7 +23,7 @@ from . import (analysis, cache, errors, groundtruth, hosttrace, images, kbuild, 
 from .config import Config, Scenario
 from .console import scan
 from .deadline import Deadline
-from .errors import BootError, ConfigError, HarnessError, TraceError, WorkloadError
+from .errors import BootError, ConfigError, HarnessError, KernelBugError, StageTimeout, TraceError, WorkloadError
 from .kbuild import KernelBuild
 from .machine import Machine, MachineSpec
 from .nested import L1_FORWARDS, Guest, GuestSpec
@@ -231,6 +231,47 @@ def annotate_l2_failure(e: HarnessError, l1_console: str, l1_console_log: Path, 
         e.log = e.log or l1_console_log
     if not e.reproduce and l2_cmdline:
         e.reproduce = f"in L1 (ssh -p <l1-ssh port> root@127.0.0.1): {l2_cmdline}"
+
+
+# console findings that say a kernel stopped working (a WARNING alone does not)
+CRASHES = ("hyp-panic", "panic", "oops", "bug", "rcu-stall", "lockup")
+
+
+def console_findings(run_dir: Path) -> List[dict]:
+    """Crash-signature lines of L1's and L2's consoles as the run left them on disk
+    (read after a failure: the stack is down, its consoles are in the run directory)."""
+    found, seen = [], set()
+    for where, name in (("l1-console", "l1-console.log"), ("l2-console", "l2-console.log")):
+        try:
+            text = (Path(run_dir) / name).read_text(errors="replace")
+        except OSError:
+            continue
+        for f in scan(text):
+            key = (where, re.sub(r"^\[[ \d.]+\]\s*", "", f.line))
+            if key not in seen:
+                seen.add(key)
+                found.append({"where": where, "signature": f.signature, "line": f.line})
+    return found
+
+
+def judge_stuck_stage(e: HarnessError, findings: List[dict], run_dir: Path) -> HarnessError:
+    """A stage that timed out or lost its guest is judged by the consoles first (as
+    syzkaller's monitor does): a BUG:/Oops/panic/RCU stall/soft lockup in L1 or L2 means
+    the kernel under test stopped working, a KernelBugError with those lines as its
+    evidence.  Otherwise ``e`` as it was (a timeout with clean consoles may be the
+    machine's: the grader checks that with the reference pairing)."""
+    crashes = [f for f in findings if f["signature"] in CRASHES]
+    if not crashes or not (isinstance(e, StageTimeout) or e.kind == errors.INFRA):
+        return e
+    name = {"l1-console": "L1's console", "l2-console": "L2's console"}
+    said = " | ".join(f"{name[f['where']]}: {f['line']}" for f in crashes[:3])
+    evidence = ["--- crash lines of the consoles ---"] + [f"{name[f['where']]}: {f['line']}" for f in crashes[:12]]
+    where = crashes[0]["where"]
+    log = Path(run_dir) / f"{where[:2]}-console.log"
+    err = KernelBugError(f"{e.message}; the kernel under test crashed or stalled: {said}", stage=e.stage,
+                         tail="\n".join(evidence) + "\n" + (e.tail or errors.tail_of(log, 30)), log=log,
+                         reproduce=e.reproduce)
+    return err
 
 
 def _start_load(l1_ssh, n: int) -> List[int]:
@@ -528,6 +569,7 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     summary: dict = {"run_dir": str(run_dir), "config": cfg.source_file, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    stack: Optional[Stack] = None
     try:
         art = prepare(cfg, run_dir / "logs", progress)
         summary.update({
@@ -545,7 +587,8 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
             shutil.copyfile(b.config, run_dir / "logs" / f"{b.role}-kernel.config")
         summary["kernel_refs"] = kernelrefs.find_refs(art.source.root, _patch_text(cfg, art))
         summary["repeat"] = repeat
-        with Stack(cfg, art, run_dir, progress) as stack:
+        stack = Stack(cfg, art, run_dir, progress)
+        with stack:
             summary["timings"] = stack.timings
             summary["l1_accel"] = stack.accel
             results = []
@@ -569,10 +612,14 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
             summary["verdict_text"] = ("L1's trace does not show exactly one hypercall with the expected function ID "
                                        "per call (see ground_truth per vCPU)")
     except HarnessError as e:
+        if stack is not None:  # L1 was launched: what do its and L2's consoles say?
+            summary["teardown"] = stack.teardown
+            summary.setdefault("kernel_log_findings", console_findings(run_dir))
+            e = judge_stuck_stage(e, summary["kernel_log_findings"], run_dir)
         _blame_machine_for_known_good_inputs(e, cfg)
         summary["verdict"] = "error"
         summary["error"] = e.to_dict()
-        raise
+        raise e
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen library failure: exit 3, one line
         err = errors.unexpected(exc, run_dir / "logs" / "traceback.log", stage=_stage_of(summary))
         summary["verdict"] = "error"

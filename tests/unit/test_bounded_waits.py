@@ -268,3 +268,42 @@ def test_l1_that_does_not_answer_quit_is_killed_from_l0(tmp_path):
     took = time.monotonic() - t0
     assert took < machine.QUIT_TIMEOUT_S + 5, took
     assert procs._gone(pid)
+
+
+# -- Ctrl-C with a worker stuck in a call ---------------------------------------------------
+
+@pytest.fixture
+def handlers():
+    import signal
+
+    from harness import interrupts
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    interrupts.install()
+    yield
+    for s, h in old.items():
+        signal.signal(s, h)
+    interrupts._requested = None
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_ends_the_batch_workers_with_one_stuck_in_a_call(handlers, sig):
+    import os
+    import signal
+
+    from harness.grade.batch import WORKER_JOIN_S, run_workers
+    stuck, killed = threading.Event(), []
+
+    def fn(item):
+        if item == 0:
+            stuck.wait(60)  # a call that never checks for an interrupt (a peer that never answers)
+        else:
+            time.sleep(0.05)
+
+    threading.Timer(0.5, lambda: os.kill(os.getpid(), getattr(signal, sig))).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_workers(fn, list(range(50)), 2, threading.Event(), lambda: killed.append(time.monotonic() - t0))
+    took = time.monotonic() - t0
+    stuck.set()
+    assert killed and killed[0] < 2           # the children are killed at once, before any join
+    assert WORKER_JOIN_S - 1 < took < 0.5 + WORKER_JOIN_S + 1.5, took  # the stuck one is waited for, boundedly

@@ -254,6 +254,16 @@ def console_findings(run_dir: Path) -> List[dict]:
     return found
 
 
+def console_tails(run_dir: Path, lines: int = 15) -> str:
+    """The last lines of L2's and L1's consoles, for a failure's evidence."""
+    out = []
+    for who, name in (("L2", "l2-console.log"), ("L1", "l1-console.log")):
+        text = errors.tail_of(Path(run_dir) / name, lines)
+        if text:
+            out.append(f"--- {who}'s console (last lines) ---\n{text}")
+    return "\n".join(out)
+
+
 def judge_stuck_stage(e: HarnessError, findings: List[dict], run_dir: Path) -> HarnessError:
     """A stage that timed out or lost its guest is judged by the consoles first (as
     syzkaller's monitor does): a BUG:/Oops/panic/RCU stall/soft lockup in L1 or L2 means
@@ -261,7 +271,11 @@ def judge_stuck_stage(e: HarnessError, findings: List[dict], run_dir: Path) -> H
     evidence.  Otherwise ``e`` as it was (a timeout with clean consoles may be the
     machine's: the grader checks that with the reference pairing)."""
     crashes = [f for f in findings if f["signature"] in CRASHES]
-    if not crashes or not (isinstance(e, StageTimeout) or e.kind == errors.INFRA):
+    if not (isinstance(e, StageTimeout) or e.kind == errors.INFRA):
+        return e
+    if not crashes:
+        if isinstance(e, StageTimeout) and not e.tail:  # what the guests showed when it hung
+            e.tail = console_tails(run_dir)
         return e
     name = {"l1-console": "L1's console", "l2-console": "L2's console"}
     said = " | ".join(f"{name[f['where']]}: {f['line']}" for f in crashes[:3])
@@ -269,7 +283,7 @@ def judge_stuck_stage(e: HarnessError, findings: List[dict], run_dir: Path) -> H
     where = crashes[0]["where"]
     log = Path(run_dir) / f"{where[:2]}-console.log"
     err = KernelBugError(f"{e.message}; the kernel under test crashed or stalled: {said}", stage=e.stage,
-                         tail="\n".join(evidence) + "\n" + (e.tail or errors.tail_of(log, 30)), log=log,
+                         tail="\n".join(evidence) + "\n" + (e.tail or console_tails(run_dir)), log=log,
                          reproduce=e.reproduce)
     return err
 

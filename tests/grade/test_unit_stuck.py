@@ -88,3 +88,10 @@ def test_a_crash_is_not_checked_against_the_machine(tmp_path, monkeypatch):
     c.machine_check = lambda tag: pytest.fail("a crash needs no machine check")
     pairings, _ = matrix(c, tmp_path)
     assert {p.status for p in pairings.values()} == {"run-failed"}
+
+
+def test_a_clean_timeout_carries_the_consoles_tails(tmp_path):
+    (tmp_path / "l1-console.log").write_text("[    1.0] booting\n[   9.0] l1 is quiet\n")
+    (tmp_path / "l2-console.log").write_text("[    3.0] l2 last words\n")
+    e = run.judge_stuck_stage(workload_timeout(), run.console_findings(tmp_path), tmp_path)
+    assert "l2 last words" in e.tail and "l1 is quiet" in e.tail

@@ -150,7 +150,9 @@ class Session:
                              stage=stage) from None
 
     def finish(self, chan: paramiko.Channel, argv: Sequence, timeout: float, stage: str = "guest-command") -> Result:
+        """Read a started command to its end, within ``timeout`` seconds in all."""
         end = time.monotonic() + timeout
+        cmd = _short(shlex.join(map(str, argv)))
         out, err = [], []
         while True:
             interrupts.check()
@@ -160,20 +162,20 @@ class Session:
                 while chan.recv_stderr_ready():
                     err.append(chan.recv_stderr(65536))
             except (paramiko.SSHException, OSError, EOFError) as e:
-                raise InfraError(f"{self.name}: the SSH connection failed while `{_short(shlex.join(map(str, argv)))}` "
-                                 f"ran: {type(e).__name__} {e}", stage=stage) from None
+                raise InfraError(f"{self.name}: the SSH connection failed while `{cmd}` ran: "
+                                 f"{type(e).__name__} {e}", stage=stage) from None
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             transport = self.client.get_transport()
             if chan.closed or transport is None or not transport.is_active():
-                raise InfraError(f"{self.name}: the SSH connection was lost while `{_short(shlex.join(map(str, argv)))}` "
-                                 "ran (the guest, its SSH server or QEMU went away)", stage=stage)
+                raise InfraError(f"{self.name}: the SSH connection was lost while `{cmd}` ran (the guest, its SSH "
+                                 "server or QEMU went away)", stage=stage)
             if time.monotonic() > end:
                 try:
                     chan.close()
                 except Exception:  # noqa: BLE001 - a dead transport: nothing to close
                     pass
-                raise StageTimeout(f"{self.name}: `{_short(shlex.join(map(str, argv)))}` did not finish within "
+                raise StageTimeout(f"{self.name}: `{cmd}` did not finish within "
                                    f"{timeout:.0f} s", stage=stage)
             chan.status_event.wait(0.02)  # wakes at once when the exit status arrives
         rc = chan.recv_exit_status()

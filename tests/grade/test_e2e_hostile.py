@@ -18,7 +18,8 @@ from tests.grade.hostile_runtime import hostile
 from tests.grade.test_e2e_grading import assert_expected
 
 # the runtime checks of each part (everything after the build and the boot)
-RUNTIME = {"hypercall": ["hc.range", "hc.pinned", "hc.ground_truth"], "syscall": ["sc.number", "sc.one_hvc", "sc.value"]}
+RUNTIME = {"hypercall": ["hc.range", "hc.pinned", "hc.ground_truth"],
+           "syscall": ["sc.number", "sc.one_hvc", "sc.value"]}
 BUDGET_S = 45 * 60  # 5 hostile + 1 good submission on a shared 2-core machine, builds included
 
 

@@ -43,7 +43,7 @@ SYSCALL_DEFINE0(host_cpuid)
 """)
     return [
         Hostile(Fixture("h1-spin", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)",
-                                                           pre="for (;;) cpu_relax()"), None),
+                                                           pre="while (1) cpu_relax()"), None),
                 "hypercall", "run-failed", None),
         Hostile(Fixture("h2-bug", profile, host_returning(profile, "READ_ONCE(vcpu->cpu)", pre="BUG()"), None),
                 "hypercall", "run-failed", "BUG"),

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
-from . import accel, procs
+from . import accel, interrupts, procs
 from .console import Console
 from .deadline import Deadline
-from .errors import BootError, InfraError
+from .errors import BootError, HarnessError, InfraError
+from .qmp import Monitor
 from .ssh import Session
 
 READY_MARKER = "HARNESS-READY {name}"
+QUIT_TIMEOUT_S = 3  # QMP quit is answered in milliseconds by a QEMU whose main loop runs
 QEMU = "qemu-system-aarch64"
 # QEMU's own seccomp filter: L1 runs a student's kernel, so a QEMU bug it finds meets a
 # process that cannot exec, fork, raise its privileges or change its scheduling/limits
@@ -112,7 +112,7 @@ class Machine:
         self.identity = identity  # images.SshIdentity
         self.progress = progress
         self.console: Optional[Console] = None
-        self.qmp: Optional[QEMUMonitorProtocol] = None
+        self.qmp: Optional[Monitor] = None
         self.ports: Dict[str, int] = {}
         self.argv: List[str] = []
         self.console_log = self.run_dir / f"{spec.name}-console.log"
@@ -152,11 +152,11 @@ class Machine:
                 raise InfraError(f"{self.spec.name}: QEMU created no QMP socket in time", stage="launch",
                                  tail=self.console.tail(), reproduce=self.argv)
             time.sleep(0.05)
-        qmp = QEMUMonitorProtocol(str(self.qmp_path))
+        qmp = Monitor(str(self.qmp_path), self.spec.name, stage="launch")
         try:
-            qmp.connect(negotiate=True)
-        except Exception as e:  # noqa: BLE001 - any handshake failure is an infra failure
-            raise InfraError(f"{self.spec.name}: QMP handshake failed: {e}", stage="launch",
+            qmp.connect(timeout=min(10, max(1.0, deadline.remaining())))
+        except HarnessError as e:  # no greeting in time, or a failed handshake: the machine's
+            raise InfraError(f"{self.spec.name}: QMP handshake failed: {e.message}", stage="launch",
                              tail=self.console.tail(), reproduce=self.argv) from None
         self.qmp = qmp
 
@@ -184,34 +184,39 @@ class Machine:
         return s
 
     def shutdown(self, timeout: float = 10) -> None:
-        """Polite quit, bounded wait, then kill; cleanup runs whatever happened."""
+        """Polite quit (bounded), a bounded wait, then SIGKILL; cleanup runs whatever
+        happened.  A QEMU that does not answer quit, or a run that was interrupted, is
+        killed at once: L1 is never waited for."""
         for s in self._sessions:
             s.close()
         self._sessions.clear()
+        quit_answered = False
         try:
-            if self.qmp is not None and self.console is not None and self.console.alive():
+            if self.qmp is not None and self.console is not None and self.console.alive() \
+                    and not interrupts.requested():
                 try:
-                    self.qmp.cmd("quit")
-                except Exception:  # noqa: BLE001 - QEMU may already be gone
+                    self.qmp.cmd("quit", timeout=QUIT_TIMEOUT_S)
+                    quit_answered = True
+                except HarnessError:  # gone already, or not answering: killed below
                     pass
         finally:
-            if self.qmp is not None:
-                try:
-                    self.qmp.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                self.qmp = None
-            if self.console is not None:
-                child = self.console.child
-                end = time.monotonic() + timeout
-                while child.isalive() and time.monotonic() < end:
-                    time.sleep(0.05)
-                self.console.close()  # closes the pty and SIGKILLs if still alive
-                self.console = None
-            if self.qmp_path.exists():
-                self.qmp_path.unlink()
-            if self.qmp_path.parent != self.run_dir:
-                shutil.rmtree(self.qmp_path.parent, ignore_errors=True)
+            try:
+                if self.qmp is not None:
+                    self.qmp.close(timeout=1)
+                    self.qmp = None
+                if self.console is not None and quit_answered:
+                    child = self.console.child
+                    end = time.monotonic() + timeout
+                    while child.isalive() and time.monotonic() < end:
+                        time.sleep(0.05)
+            finally:
+                if self.console is not None:
+                    self.console.close()  # closes the pty and SIGKILLs if still alive
+                    self.console = None
+                if self.qmp_path.exists():
+                    self.qmp_path.unlink()
+                if self.qmp_path.parent != self.run_dir:
+                    shutil.rmtree(self.qmp_path.parent, ignore_errors=True)
 
     def __enter__(self) -> "Machine":
         return self

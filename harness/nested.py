@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
-from . import console
+from . import console, interrupts
 from .deadline import Deadline
-from .errors import BootError, GuestCommandError, InfraError, StageTimeout
+from .errors import BootError, GuestCommandError, HarnessError, InfraError, StageTimeout
 from .images import READY_L2
+from .qmp import Monitor
 from .ssh import Session
 
 # ports inside L1 (an isolated machine: fixed numbers are fine there)
@@ -27,6 +26,8 @@ L2_QMP_PORT = 4444
 L1_FORWARDS = {"ssh": 22, "l2-ssh": L2_SSH_PORT}
 RUN = "/run/l2"
 QEMU_EXITED = "L2's QEMU exited inside L1"
+QUIT_TIMEOUT_S = 3   # a QEMU whose vCPU thread spins inside L1's kernel never answers quit
+KILL_TIMEOUT_S = 10  # each command of the teardown in L1 (kill -9, the console copy)
 
 
 @dataclass
@@ -60,11 +61,12 @@ class Guest:
         self.l1 = l1  # machine.Machine
         self.l1_ssh = l1_ssh
         self.run_dir = Path(run_dir)
-        self.qmp: Optional[QEMUMonitorProtocol] = None
+        self.qmp: Optional[Monitor] = None
         self.launched_at = 0.0
         self.pid: Optional[int] = None
         self._sessions: List[Session] = []
         self.timings: Dict[str, float] = {}  # seconds after launch: qemu_started_s, qmp_s
+        self.teardown: List[str] = []  # what shutdown had to do beyond a quit (evidence of a hang)
 
     def launch(self, deadline: Deadline) -> None:
         argv = self.spec.argv()
@@ -89,17 +91,14 @@ class Guest:
         while not deadline.expired():
             qmp = None
             try:
-                qmp = QEMUMonitorProtocol(self.l1_ssh.open_socket("127.0.0.1", L2_QMP_PORT))
-                qmp.connect(negotiate=True)
+                qmp = Monitor(self.l1_ssh.open_socket("127.0.0.1", L2_QMP_PORT), "l2", stage=deadline.stage)
+                qmp.connect(timeout=max(1.0, min(5.0, deadline.remaining())))
                 self.qmp = qmp
                 return
-            except Exception as e:  # noqa: BLE001 - not listening yet, or not answering yet: retry
-                last = e
+            except HarnessError as e:  # not listening yet, or not answering yet: retry
+                last = e.message
                 if qmp is not None:
-                    try:
-                        qmp.close()
-                    except Exception:  # noqa: BLE001
-                        pass
+                    qmp.close(timeout=1)
                 time.sleep(0.3)
         raise StageTimeout(f"{deadline.stage}: L2's QMP did not answer ({last})", stage=deadline.stage)
 
@@ -108,13 +107,13 @@ class Guest:
         if reason:
             return reason
         if self.pid is not None:
-            res = self.l1_ssh.run(["kill", "-0", str(self.pid)], check=False)
+            res = self.l1_ssh.run(["kill", "-0", str(self.pid)], check=False, timeout=KILL_TIMEOUT_S)
             if res.rc != 0:
                 return QEMU_EXITED
         return None
 
     def console_text(self) -> str:
-        res = self.l1_ssh.run(["cat", f"{RUN}/console.log"], check=False)
+        res = self.l1_ssh.run(["cat", f"{RUN}/console.log"], check=False, timeout=KILL_TIMEOUT_S)
         return res.out
 
     def wait_ready(self, deadline: Deadline, poll: float = 0.2) -> None:
@@ -123,7 +122,8 @@ class Guest:
         not up yet and retransmits its SYN with growing back-off."""
         while True:
             # one round trip per poll: the console so far, and whether L2's QEMU still runs
-            res = self.l1_ssh.run(["sh", "-c", f"cat {RUN}/console.log; kill -0 {self.pid}"], check=False)
+            res = self.l1_ssh.run(["sh", "-c", f"cat {RUN}/console.log; kill -0 {self.pid}"], check=False,
+                                  timeout=max(1.0, min(KILL_TIMEOUT_S, deadline.remaining())), stage=deadline.stage)
             text = res.out
             if READY_L2 in text:
                 self.timings["ready_s"] = round(time.monotonic() - self.launched_at, 2)
@@ -171,23 +171,49 @@ class Guest:
                                         stage="pin")
         return threads
 
+    def _gone(self, seconds: float) -> bool:
+        """Whether L2's QEMU ends within ``seconds`` (polled in L1; L1 not answering: False)."""
+        end = time.monotonic() + seconds
+        while True:
+            res = self.l1_ssh.run(["kill", "-0", str(self.pid)], check=False, timeout=KILL_TIMEOUT_S,
+                                  stage="l2-shutdown")
+            if res.rc != 0:
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.2)
+
     def shutdown(self, timeout: float = 5) -> None:
+        """QMP quit (bounded); when L2's QEMU does not go within ``timeout`` s, kill -9 by
+        pid from L1 (bounded).  Every step is bounded; when L1 itself stops answering,
+        L1's shutdown kills L1's QEMU from L0, and L2 with it.  Interrupted: nothing is
+        asked of L1 (its QEMU is killed next)."""
         for s in self._sessions:
             s.close()
         self._sessions.clear()
+        quit_answered = False
         if self.qmp is not None:
             try:
-                self.qmp.cmd("quit")
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-            try:
-                self.qmp.close()
-            except Exception:  # noqa: BLE001
-                pass
-            self.qmp = None
-        # L2 lives inside L1: L1's shutdown ends it in any case
+                if not interrupts.requested():
+                    self.qmp.cmd("quit", timeout=QUIT_TIMEOUT_S)
+                    quit_answered = True
+            except HarnessError as e:
+                self.teardown.append(f"L2's QEMU did not answer QMP quit ({e.message})")
+            finally:
+                self.qmp.close(timeout=1)
+                self.qmp = None
+        if interrupts.requested():
+            return
         try:
+            if self.pid is not None and not self._gone(timeout if quit_answered else 1):
+                self.l1_ssh.run(["kill", "-9", str(self.pid)], check=False, timeout=KILL_TIMEOUT_S,
+                                stage="l2-shutdown")
+                if self._gone(3):
+                    self.teardown.append(f"L2's QEMU (pid {self.pid}) was killed from L1 (kill -9)")
+                else:
+                    self.teardown.append(f"L2's QEMU (pid {self.pid}) survived kill -9 in L1 (a vCPU thread "
+                                         "stuck in L1's kernel): L1's QEMU is killed from L0")
             log = self.console_text()
             (self.run_dir / "l2-console.log").write_text(log)
-        except Exception:  # noqa: BLE001 - L1 may be gone; its console log is kept anyway
-            pass
+        except (HarnessError, OSError) as e:  # L1 does not answer: its shutdown kills it from L0
+            self.teardown.append(f"L1 did not answer during L2's shutdown ({getattr(e, 'message', e)})")

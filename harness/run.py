@@ -23,7 +23,7 @@ from . import (analysis, cache, errors, groundtruth, hosttrace, images, kbuild, 
 from .config import Config, Scenario
 from .console import scan
 from .deadline import Deadline
-from .errors import BootError, ConfigError, HarnessError, TraceError, WorkloadError
+from .errors import BootError, ConfigError, HarnessError, KernelBugError, StageTimeout, TraceError, WorkloadError
 from .kbuild import KernelBuild
 from .machine import Machine, MachineSpec
 from .nested import L1_FORWARDS, Guest, GuestSpec
@@ -108,6 +108,7 @@ class Stack:
         self.l2_ssh = None
         self.timings: Dict[str, float] = {}
         self.accel: dict = {}
+        self.teardown: List[str] = []  # what stopping L2 took (QMP unanswered, kill -9 from L1, ...)
 
     def __enter__(self) -> "Stack":
         try:
@@ -192,14 +193,22 @@ class Stack:
         return found
 
     def close(self) -> None:
-        if self.l2 is not None:
-            try:
-                self.l2.shutdown()
-            finally:
-                self.l2 = None
-        if self.l1 is not None:
-            self.l1.shutdown()
-            self.l1 = None
+        """L2 then L1, each bounded; L1's QEMU is stopped whatever happened to L2's."""
+        try:
+            if self.l2 is not None:
+                try:
+                    self.l2.shutdown()
+                    for note in self.l2.teardown:
+                        self.progress(f"teardown: {note}")
+                    self.teardown += self.l2.teardown
+                finally:
+                    self.l2 = None
+        finally:
+            if self.l1 is not None:
+                try:
+                    self.l1.shutdown()
+                finally:
+                    self.l1 = None
 
 
 def annotate_l2_failure(e: HarnessError, l1_console: str, l1_console_log: Path, l2_cmdline: Optional[str],
@@ -222,6 +231,61 @@ def annotate_l2_failure(e: HarnessError, l1_console: str, l1_console_log: Path, 
         e.log = e.log or l1_console_log
     if not e.reproduce and l2_cmdline:
         e.reproduce = f"in L1 (ssh -p <l1-ssh port> root@127.0.0.1): {l2_cmdline}"
+
+
+# console findings that say a kernel stopped working (a WARNING alone does not)
+CRASHES = ("hyp-panic", "panic", "oops", "bug", "rcu-stall", "lockup")
+
+
+def console_findings(run_dir: Path) -> List[dict]:
+    """Crash-signature lines of L1's and L2's consoles as the run left them on disk
+    (read after a failure: the stack is down, its consoles are in the run directory)."""
+    found, seen = [], set()
+    for where, name in (("l1-console", "l1-console.log"), ("l2-console", "l2-console.log")):
+        try:
+            text = (Path(run_dir) / name).read_text(errors="replace")
+        except OSError:
+            continue
+        for f in scan(text):
+            key = (where, re.sub(r"^\[[ \d.]+\]\s*", "", f.line))
+            if key not in seen:
+                seen.add(key)
+                found.append({"where": where, "signature": f.signature, "line": f.line})
+    return found
+
+
+def console_tails(run_dir: Path, lines: int = 15) -> str:
+    """The last lines of L2's and L1's consoles, for a failure's evidence."""
+    out = []
+    for who, name in (("L2", "l2-console.log"), ("L1", "l1-console.log")):
+        text = errors.tail_of(Path(run_dir) / name, lines)
+        if text:
+            out.append(f"--- {who}'s console (last lines) ---\n{text}")
+    return "\n".join(out)
+
+
+def judge_stuck_stage(e: HarnessError, findings: List[dict], run_dir: Path) -> HarnessError:
+    """A stage that timed out or lost its guest is judged by the consoles first (as
+    syzkaller's monitor does): a BUG:/Oops/panic/RCU stall/soft lockup in L1 or L2 means
+    the kernel under test stopped working, a KernelBugError with those lines as its
+    evidence.  Otherwise ``e`` as it was (a timeout with clean consoles may be the
+    machine's: the grader checks that with the reference pairing)."""
+    crashes = [f for f in findings if f["signature"] in CRASHES]
+    if not (isinstance(e, StageTimeout) or e.kind == errors.INFRA):
+        return e
+    if not crashes:
+        if isinstance(e, StageTimeout) and not e.tail:  # what the guests showed when it hung
+            e.tail = console_tails(run_dir)
+        return e
+    name = {"l1-console": "L1's console", "l2-console": "L2's console"}
+    said = " | ".join(f"{name[f['where']]}: {f['line']}" for f in crashes[:3])
+    evidence = ["--- crash lines of the consoles ---"] + [f"{name[f['where']]}: {f['line']}" for f in crashes[:12]]
+    where = crashes[0]["where"]
+    log = Path(run_dir) / f"{where[:2]}-console.log"
+    err = KernelBugError(f"{e.message}; the kernel under test crashed or stalled: {said}", stage=e.stage,
+                         tail="\n".join(evidence) + "\n" + (e.tail or console_tails(run_dir)), log=log,
+                         reproduce=e.reproduce)
+    return err
 
 
 def _start_load(l1_ssh, n: int) -> List[int]:
@@ -519,6 +583,7 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     summary: dict = {"run_dir": str(run_dir), "config": cfg.source_file, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    stack: Optional[Stack] = None
     try:
         art = prepare(cfg, run_dir / "logs", progress)
         summary.update({
@@ -536,7 +601,8 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
             shutil.copyfile(b.config, run_dir / "logs" / f"{b.role}-kernel.config")
         summary["kernel_refs"] = kernelrefs.find_refs(art.source.root, _patch_text(cfg, art))
         summary["repeat"] = repeat
-        with Stack(cfg, art, run_dir, progress) as stack:
+        stack = Stack(cfg, art, run_dir, progress)
+        with stack:
             summary["timings"] = stack.timings
             summary["l1_accel"] = stack.accel
             results = []
@@ -560,10 +626,14 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
             summary["verdict_text"] = ("L1's trace does not show exactly one hypercall with the expected function ID "
                                        "per call (see ground_truth per vCPU)")
     except HarnessError as e:
+        if stack is not None:  # L1 was launched: what do its and L2's consoles say?
+            summary["teardown"] = stack.teardown
+            summary.setdefault("kernel_log_findings", console_findings(run_dir))
+            e = judge_stuck_stage(e, summary["kernel_log_findings"], run_dir)
         _blame_machine_for_known_good_inputs(e, cfg)
         summary["verdict"] = "error"
         summary["error"] = e.to_dict()
-        raise
+        raise e
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen library failure: exit 3, one line
         err = errors.unexpected(exc, run_dir / "logs" / "traceback.log", stage=_stage_of(summary))
         summary["verdict"] = "error"

@@ -14,8 +14,14 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import paramiko
 
+from . import interrupts
 from .deadline import Deadline
 from .errors import BootError, GuestCommandError, InfraError, StageTimeout
+
+# a peer that takes longer than this to accept a command has stopped answering
+EXEC_TIMEOUT_S = 15
+# copying a trace out (a few MB over a local forward: well under a second when well)
+FETCH_TIMEOUT_S = 120
 
 
 @dataclass
@@ -94,59 +100,84 @@ class Session:
             stage: str = "guest-command") -> Result:
         """Run argv on the guest (quoted for its shell); raise GuestCommandError on failure."""
         argv = [str(a) for a in argv]
-        cmd = shlex.join(argv)
-        self._record(f"[{self.name}]$ {cmd}\n")
-        try:
-            _, stdout, stderr = self.client.exec_command(cmd, timeout=timeout)
-            out = stdout.read().decode("utf-8", "replace")
-            err = stderr.read().decode("utf-8", "replace")
-            rc = stdout.channel.recv_exit_status()
-        except socket.timeout:
-            raise StageTimeout(f"{self.name}: `{_short(cmd)}` did not finish within {timeout:.0f} s",
-                               stage=stage) from None
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            raise InfraError(f"{self.name}: SSH failed while running `{_short(cmd)}`: {e}", stage=stage) from None
-        self._record(out + err + (f"[exit {rc}]\n" if rc else ""))
-        if check and rc != 0:
-            raise GuestCommandError(f"{self.name}: `{_short(cmd)}` exited {rc}", stage=stage,
-                                    tail=(out + err)[-3000:])
-        return Result(argv, rc, out, err)
+        chan = self.start(argv, stage=stage, timeout=timeout)
+        res = self.finish(chan, argv, timeout=timeout, stage=stage)
+        if check and res.rc != 0:
+            raise GuestCommandError(f"{self.name}: `{_short(shlex.join(argv))}` exited {res.rc}", stage=stage,
+                                    tail=(res.out + res.err)[-3000:])
+        return res
 
-    def start(self, argv: Sequence[Union[str, int]]) -> paramiko.Channel:
-        """Start argv without waiting; read it later with ``finish``."""
+    def _within(self, fn: Callable, timeout: float, what: str, stage: str):
+        """``fn()`` (a paramiko call that waits for the peer without a bound of its own),
+        given ``timeout`` seconds.  A peer that does not answer in time is wedged: the
+        session is closed (which also wakes the abandoned call) and StageTimeout raised."""
+        interrupts.check()  # a stopped run asks nothing more of its guests
+        box: dict = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                box["error"] = e
+
+        t = threading.Thread(target=target, daemon=True, name=f"ssh-{self.name}")
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            self.close()
+            raise StageTimeout(f"{self.name}: {what} got no answer within {timeout:.0f} s "
+                               "(the SSH session was closed)", stage=stage)
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def start(self, argv: Sequence[Union[str, int]], stage: str = "guest-command",
+              timeout: float = EXEC_TIMEOUT_S) -> paramiko.Channel:
+        """Start argv without waiting for it; read it later with ``finish``.  The exec
+        request itself gets at most ``timeout`` (and EXEC_TIMEOUT_S) seconds."""
         cmd = shlex.join(str(a) for a in argv)
         self._record(f"[{self.name}]$ {cmd} &\n")
-        try:
-            chan = self.client.get_transport().open_session()
+
+        def exec_() -> paramiko.Channel:
+            chan = self.client.get_transport().open_session(timeout=EXEC_TIMEOUT_S)
             chan.exec_command(cmd)
+            return chan
+
+        try:
+            return self._within(exec_, min(timeout, EXEC_TIMEOUT_S), f"starting `{_short(cmd)}`", stage)
         except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
             raise InfraError(f"{self.name}: SSH failed while starting `{_short(cmd)}`: {type(e).__name__} {e}",
-                             stage="guest-command") from None
-        return chan
+                             stage=stage) from None
 
     def finish(self, chan: paramiko.Channel, argv: Sequence, timeout: float, stage: str = "guest-command") -> Result:
+        """Read a started command to its end, within ``timeout`` seconds in all."""
         end = time.monotonic() + timeout
+        cmd = _short(shlex.join(map(str, argv)))
         out, err = [], []
         while True:
+            interrupts.check()
             try:
                 while chan.recv_ready():
                     out.append(chan.recv(65536))
                 while chan.recv_stderr_ready():
                     err.append(chan.recv_stderr(65536))
             except (paramiko.SSHException, OSError, EOFError) as e:
-                raise InfraError(f"{self.name}: the SSH connection failed while `{shlex.join(map(str, argv))}` "
-                                 f"ran: {type(e).__name__} {e}", stage=stage) from None
+                raise InfraError(f"{self.name}: the SSH connection failed while `{cmd}` ran: "
+                                 f"{type(e).__name__} {e}", stage=stage) from None
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             transport = self.client.get_transport()
             if chan.closed or transport is None or not transport.is_active():
-                raise InfraError(f"{self.name}: the SSH connection was lost while `{shlex.join(map(str, argv))}` "
-                                 "ran (the guest, its SSH server or QEMU went away)", stage=stage)
+                raise InfraError(f"{self.name}: the SSH connection was lost while `{cmd}` ran (the guest, its SSH "
+                                 "server or QEMU went away)", stage=stage)
             if time.monotonic() > end:
-                chan.close()
-                raise StageTimeout(f"{self.name}: `{shlex.join(map(str, argv))}` did not finish within "
+                try:
+                    chan.close()
+                except Exception:  # noqa: BLE001 - a dead transport: nothing to close
+                    pass
+                raise StageTimeout(f"{self.name}: `{cmd}` did not finish within "
                                    f"{timeout:.0f} s", stage=stage)
-            time.sleep(0.02)
+            chan.status_event.wait(0.02)  # wakes at once when the exit status arrives
         rc = chan.recv_exit_status()
         res = Result([str(a) for a in argv], rc, b"".join(out).decode("utf-8", "replace"),
                      b"".join(err).decode("utf-8", "replace"))
@@ -159,17 +190,18 @@ class Session:
             self._sftp = self.client.open_sftp()
         return self._sftp
 
-    def get(self, remote: str, local: Path) -> Path:
+    def get(self, remote: str, local: Path, timeout: float = FETCH_TIMEOUT_S) -> Path:
+        """Copy a file out of the guest, within ``timeout`` seconds in all."""
         try:
-            self.sftp.get(remote, str(local))
-        except (OSError, paramiko.SSHException) as e:
+            self._within(lambda: self.sftp.get(remote, str(local)), timeout, f"SFTP get {remote}", "sftp")
+        except (OSError, paramiko.SSHException, EOFError) as e:
             raise InfraError(f"{self.name}: SFTP get {remote} failed: {e}", stage="sftp") from None
         return local
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, timeout: float = FETCH_TIMEOUT_S) -> None:
         try:
-            self.sftp.put(str(local), remote)
-        except (OSError, paramiko.SSHException) as e:
+            self._within(lambda: self.sftp.put(str(local), remote), timeout, f"SFTP put {remote}", "sftp")
+        except (OSError, paramiko.SSHException, EOFError) as e:
             raise InfraError(f"{self.name}: SFTP put {remote} failed: {e}", stage="sftp") from None
 
     def open_socket(self, host: str, port: int) -> socket.socket:

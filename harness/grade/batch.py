@@ -6,12 +6,13 @@ import hashlib
 import json
 import shutil
 import subprocess
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import kbuild, sandbox, sources
+from .. import kbuild, procs, sandbox, sources
 from ..config import Config, override
 from ..errors import HarnessError
 from ..machine import QEMU
@@ -168,17 +169,15 @@ def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[in
             results.append(r)
             ctx.progress(f"{sid}: {outputs.row(r)}")
 
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-    try:
-        list(pool.map(one, mine))
-    except BaseException:
+    def interrupted() -> None:
         # Ctrl-C/SIGTERM reach the main thread only: the workers must stop too, and what
-        # they were running when the machine was taken away is not graded (a rerun resumes)
+        # they were running when the machine was taken away is not graded (a rerun resumes).
+        # Their QEMUs and builds are killed first, so no worker waits on a peer any more.
         ctx.cancelled.set()
         stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+        procs.survivors(grace=0)
+
+    run_workers(one, mine, jobs, stop, interrupted)
     if ctx.base.kernel.sandbox and ctx.base.kernel.sandbox_ccache and not stop.is_set():
         # the batch's worktrees go with it (the batch's ccache stays, for a regrade)
         for wt in kbuild.remove_sandboxed_worktrees(Path(ctx.base.kernel.sandbox_ccache)):
@@ -188,6 +187,52 @@ def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[in
         bad = next(r for r in results if r["status"] == "infra-error")
         raise GradeInfraError(f"{bad['id']}: {bad['error']} (batch stopped; rerun to resume)")
     return results
+
+
+WORKER_JOIN_S = 5  # after an interrupt: how long the workers get to unwind (their peers are dead)
+
+
+def run_workers(fn: Callable, items: list, jobs: int, stop: threading.Event,
+                on_interrupt: Callable[[], None] = lambda: None) -> None:
+    """``fn(item)`` for every item on ``jobs`` daemon threads, until done or ``stop``
+    (``on_interrupt`` runs first when the main thread is interrupted).
+    The main thread only waits, in short joins (a signal lands there at once); daemon
+    threads never hold the process up at exit, so an interrupt ends it in seconds even
+    with a worker stuck in a call."""
+    todo: "queue.Queue" = queue.Queue()
+    for it in items:
+        todo.put(it)
+
+    done = [threading.Event() for _ in range(max(1, jobs))]
+
+    def worker(k: int) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    it = todo.get_nowait()
+                except queue.Empty:
+                    return
+                fn(it)
+        except KeyboardInterrupt:  # the stop the main thread asked for (interrupts.check)
+            pass
+        finally:
+            done[k].set()
+
+    # (the waits are on events: a Thread.join interrupted by a signal may later report a
+    # live thread as finished)
+    for k in range(len(done)):
+        threading.Thread(target=worker, args=(k,), daemon=True, name=f"grade-{k}").start()
+    try:
+        for d in done:
+            while not d.wait(0.5):
+                pass
+    except BaseException:
+        stop.set()
+        on_interrupt()
+        end = time.monotonic() + WORKER_JOIN_S
+        for d in done:
+            d.wait(max(0.0, end - time.monotonic()))
+        raise
 
 
 def _texts(sdir: Path) -> str:

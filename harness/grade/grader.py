@@ -178,14 +178,18 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
         if ctx.cancelled.is_set():
             raise GradeInfraError(f"pairing {p.name}: the batch was interrupted while it ran ({r.status}); "
                                   "not graded", stage="interrupted")
-        if r.status == "infra":
-            raise GradeInfraError(f"pairing {p.name}: {r.why}", stage="pairing")
-        if (r.error or {}).get("error") == "StageTimeout" and ctx.machine_check is not None:
+        timed_out = (r.error or {}).get("error") == "StageTimeout"  # consoles clean (else KernelBugError)
+        if timed_out and p.student_roles and ctx.machine_check is not None:
             # a timeout may be the machine's (overloaded) rather than the kernel's: the
             # reference pairing must still come up now, or nobody is graded as failing
             ctx.progress(f"pairing {p.name} timed out ({r.why}): checking the machine with the reference pairing")
             seen = ctx.machine_check(f"{out_dir.parent.name}-{p.name}")
             r.why += f" (the reference pairing, run right after on this machine, came up: {seen})"
+            if r.status == "infra":  # the machine works: the stage that hung ran the student's kernel
+                r.status, r.failed_role = "run-failed", p.student_roles[0] if len(p.student_roles) == 1 else None
+                r.error["kind"] = "subject"
+        if r.status == "infra":
+            raise GradeInfraError(f"pairing {p.name}: {r.why}", stage="pairing")
         return r
 
     def failed_before(name: str, role: str) -> Optional[PairingResult]:

@@ -333,7 +333,7 @@ class FakeGuest(nested.Guest):
         self.l1 = SimpleNamespace(exit_reason=lambda: None)
         self.l1_ssh = SimpleNamespace(run=self._l1_run)
 
-    def _l1_run(self, argv, check=True):
+    def _l1_run(self, argv, check=True, timeout=60, stage="guest-command"):
         """`cat console.log; kill -0 PID` in L1: the text so far, rc 1 once QEMU is gone."""
         from types import SimpleNamespace
         assert argv[:2] == ["sh", "-c"] and "console.log" in argv[2] and "kill -0 1234" in argv[2]

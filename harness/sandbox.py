@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Union
 
+from .deadline import scaled
 from .errors import InfraError
 
 PathLike = Union[str, Path]
@@ -25,7 +26,7 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class Limits:
-    wall_s: int = 1800                 # a cold kernel build on 2 cores is ~5 min
+    wall_s: int = 1800                 # a cold kernel build on 2 cores is ~5 min (scaled: slowdown factor)
     address_space: int = 6 << 30       # per process (cc1 on big files ~1 GiB)
     file_size: int = 2 << 30           # per file written (vmlinux ~ 200 MB with debug off)
 
@@ -48,7 +49,7 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
     why = available()
     if why:
         raise InfraError(f"sandbox: {why}", stage="sandbox")
-    out = ["timeout", "--kill-after=10", str(limits.wall_s),
+    out = ["timeout", "--kill-after=10", str(round(scaled(limits.wall_s))),
            "prlimit", f"--as={limits.address_space}", f"--fsize={limits.file_size}", "--core=0", "--",
            "bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]

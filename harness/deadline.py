@@ -13,7 +13,8 @@ factor for emulated targets):
 - measured: ``calibrate()`` (the run does it before anything else) times QEMU itself: a
   TCG machine that powers itself off at once (start, translate, PSCI SYSTEM_OFF, exit),
   best of three, against the figure of the machine the budgets were measured on.  Below
-  ``MEASURED_MIN`` times that figure the factor stays 1 (load noise), above it is the ratio.
+  ``MEASURED_MIN`` times that figure the factor stays 1 (what load alone does there, which
+  the budgets' headroom covers), above it is the ratio.
 
 ``scaled(seconds)`` is how a budget goes through the factor; ``Deadline`` applies it.
 ``current()`` says the factor and where it came from (progress lines, summary.json).
@@ -39,7 +40,9 @@ ENV = "KVM_HARNESS_SLOWDOWN"
 REFERENCE_S = 0.12
 CALIBRATION_RUNS = 3
 CALIBRATION_TIMEOUT_S = 120  # a run that needs longer is slower than anything seen (~25x: ~3 s)
-MEASURED_MIN = 2.0
+# load alone makes the reference machine 2-3x slower than REFERENCE_S (best of three at load
+# average ~10: 0.25-0.38 s), and the budgets' headroom covers that: below this ratio, factor 1
+MEASURED_MIN = 4.0
 QEMU = "qemu-system-aarch64"
 
 

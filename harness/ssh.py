@@ -79,8 +79,8 @@ class Session:
                 if reason:
                     raise BootError(f"{deadline.stage}: {reason}", stage=deadline.stage, tail=tail())
             try:
-                return cls.connect(name, host, port, key_file, host_pub, timeout=min(scaled(CONNECT_S), max(1, deadline.remaining())),
-                                   log=log)
+                return cls.connect(name, host, port, key_file, host_pub,
+                                   timeout=min(scaled(CONNECT_S), max(1, deadline.remaining())), log=log)
             except paramiko.BadHostKeyException as e:
                 raise InfraError(f"{name}: host key mismatch on port {port}: {e}", stage=deadline.stage) from None
             except (OSError, paramiko.SSHException, EOFError) as e:

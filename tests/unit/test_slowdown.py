@@ -53,7 +53,7 @@ def test_a_bad_configured_factor_is_an_input_error(monkeypatch, raw):
         deadline.slowdown()
 
 
-@pytest.mark.parametrize("best,factor", [(0.10, 1.0), (0.23, 1.0), (0.24, 2.0), (3.0, 25.0), (1.2, 10.0)])
+@pytest.mark.parametrize("best,factor", [(0.10, 1.0), (0.38, 1.0), (0.47, 1.0), (0.48, 4.0), (3.0, 25.0), (1.2, 10.0)])
 def test_measured_factor_is_the_ratio_above_load_noise(best, factor):
     assert deadline.factor_from(best, reference_s=0.12) == factor
 

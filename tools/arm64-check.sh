@@ -16,8 +16,9 @@
 # ${XDG_CACHE_HOME:-~/.cache}/kvm-harness-arm64: the roots live there, made once and kept,
 # with the harness's kernel cache and ccache inside them), MIRROR (default
 # http://deb.debian.org/debian), REF (the commit to clone, default HEAD), REUSE_ROOT=0 to
-# rebuild the roots.  KVM_HARNESS_SLOWDOWN, if set, is passed in.  Needs root (binfmt_misc,
-# mmdebstrap --mode=root, bind mounts, pivot_root), qemu-user-static (its binfmt file) and
+# rebuild the roots, REUSE_CLONE=1 to keep the clone of the same commit (and its .venv)
+# from the previous invocation.  KVM_HARNESS_SLOWDOWN, if set, is passed in.  Needs root
+# (binfmt_misc, mmdebstrap --mode=root, bind mounts, pivot_root), qemu-user-static (its binfmt file) and
 # network to the Debian mirror and PyPI; installs arch-test (mmdebstrap's foreign-arch check)
 # when it is missing.
 # Times of every step go to $CACHE/arm64-check.times ("suite step seconds status" a line).
@@ -134,11 +135,17 @@ for suite in $SUITES; do
         rootenv="$rootenv PIP_CERT=/etc/ssl/certs/site-ca-bundle.crt"
     fi
 
-    # 2. a fresh clone (committed state only, as a user's clone would be)
-    rm -rf "$ROOT$CLONE"
-    mkdir -p "$(dirname "$ROOT$CLONE")"
-    git clone -q --no-hardlinks "$REPO" "$ROOT$CLONE"
-    git -C "$ROOT$CLONE" checkout -q "$(git -C "$REPO" rev-parse "$REF")"
+    # 2. a fresh clone (committed state only, as a user's clone would be); REUSE_CLONE=1
+    #    keeps one of the same commit (its .venv too), to run the steps one at a time
+    rev=$(git -C "$REPO" rev-parse "$REF")
+    if [ "${REUSE_CLONE:-0}" = 1 ] && [ "$(git -C "$ROOT$CLONE" rev-parse HEAD 2>/dev/null)" = "$rev" ]; then
+        say "$suite: reusing the clone at $ROOT$CLONE (REUSE_CLONE=1)"
+    else
+        rm -rf "$ROOT$CLONE"
+        mkdir -p "$(dirname "$ROOT$CLONE")"
+        git clone -q --no-hardlinks "$REPO" "$ROOT$CLONE"
+        git -C "$ROOT$CLONE" checkout -q "$rev"
+    fi
     say "$suite: Debian $(cat "$ROOT/etc/debian_version") arm64 root at $ROOT, clone of $(git -C "$REPO" rev-parse --short "$REF")"
 
     # 3. each step in the root, in a private mount namespace (the binds vanish with it)

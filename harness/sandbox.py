@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Union
@@ -66,3 +67,20 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
     if cwd:
         out += ["--chdir", str(cwd)]
     return out + ["--"] + [str(a) for a in argv]
+
+
+def unusable() -> str:
+    """'' when a sandbox can really be made here, else why not: the tools, then bubblewrap
+    itself (a kernel or an emulator without user namespaces refuses it: qemu-user's
+    process is multi-threaded, so unshare(CLONE_NEWUSER) fails with EINVAL there)."""
+    why = available()
+    if why:
+        return why
+    try:
+        probe = subprocess.run(confine(["true"], limits=PDF), capture_output=True, text=True,
+                               timeout=scaled(60))
+    except subprocess.TimeoutExpired:
+        return "bubblewrap did not start a sandbox within a minute"
+    if probe.returncode != 0:
+        return f"bubblewrap cannot create a sandbox here: {probe.stderr.strip()[-300:]}"
+    return ""

@@ -92,6 +92,19 @@ def scaled(seconds: float) -> float:
     return seconds * slowdown()
 
 
+def duration(seconds: float) -> str:
+    """A duration for a progress line: 30 s, 11 min, 2.1 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+def about(seconds: float) -> str:
+    """A progress line's estimate of a step measured at ``seconds`` on the reference machine."""
+    s = current()
+    return f"about {duration(scaled(seconds))}" + ("" if s.factor == 1 else f", slowdown x{s.factor:g}")
+
+
 def factor_from(best_s: float, reference_s: float = REFERENCE_S) -> float:
     """The measured factor: 1 up to MEASURED_MIN times the reference, else the ratio (1 decimal)."""
     ratio = best_s / reference_s

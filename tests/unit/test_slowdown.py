@@ -189,6 +189,13 @@ def test_build_estimate_in_progress_lines_scales(monkeypatch):
     assert kbuild.cold_estimate().startswith("cold: 2.1 h-3.3 h on 2 cores, slowdown x25")
 
 
+def test_other_estimates_in_progress_lines_scale(monkeypatch):
+    assert deadline.about(30) == "about 30 s"
+    monkeypatch.setenv(deadline.ENV, "21.4")
+    assert deadline.about(30) == "about 11 min, slowdown x21.4"  # extracting the tarball under qemu-user
+    assert deadline.duration(3 * 3600) == "3.0 h"
+
+
 def test_summary_says_the_factor_even_when_the_run_fails_early(monkeypatch, tmp_path):
     monkeypatch.setenv(deadline.ENV, "7")
     cfg = from_dict({"kernel": {"source": "path", "path": str(tmp_path / "no-such-tree")}, "output": str(tmp_path)})

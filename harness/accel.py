@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 from . import hostarch
+from .deadline import scaled
 from .errors import INFRA, INPUT, HarnessError
 
 QEMU = "qemu-system-aarch64"
@@ -55,13 +56,14 @@ def qemu_words(stderr: str) -> str:
 
 
 def local_probe() -> Tuple[int, str]:
+    timeout = scaled(PROBE_TIMEOUT_S)
     try:
         p = subprocess.run(probe_argv(), input=PROBE_QMP_INPUT, capture_output=True, text=True,
-                           timeout=PROBE_TIMEOUT_S)
+                           timeout=timeout)
     except FileNotFoundError:
         return 127, f"{QEMU} not found (run `make setup`)"
     except subprocess.TimeoutExpired:
-        return 124, f"{QEMU} did not answer the probe within {PROBE_TIMEOUT_S} s"
+        return 124, f"{QEMU} did not answer the probe within {timeout:.0f} s"
     return p.returncode, p.stderr
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 from . import cache, hostarch, procs
+from .deadline import scaled
 from .errors import INPUT, ImageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +126,7 @@ def _tool_versions() -> Dict[str, str]:
 
 def _mke2fs_version() -> str:
     try:
-        out = subprocess.run(["mke2fs", "-V"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["mke2fs", "-V"], capture_output=True, text=True, timeout=scaled(30))
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return (out.stderr or out.stdout).splitlines()[0].strip() if (out.stderr or out.stdout) else ""

@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import buildlog, cache, hostarch, procs, resources
+from .deadline import current as slowdown_now
 from .errors import INFRA, SUBJECT, BuildError, HarnessError, InfraError
 from .patches import Patch
 from .profiles import COMMON_FRAGMENT, Profile
@@ -81,6 +82,20 @@ CROSS_COMPILE = hostarch.cross_prefix()  # "" on an arm64 host
 CPP_KEY = Path(__file__).with_name("ccache-cpp-key")  # ccache's preprocessor filter (docstring)
 
 Progress = Callable[[str], None]
+# a cold build of one kernel on the reference machine (2-core x86_64, cross gcc; see above)
+COLD_BUILD_MIN = (5, 8)
+
+
+def _minutes(m: float) -> str:
+    return f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
+
+
+def cold_estimate() -> str:
+    """The progress line's cold-build estimate, through the slowdown factor."""
+    s = slowdown_now()
+    lo, hi = (m * s.factor for m in COLD_BUILD_MIN)
+    est = f"{lo:.0f}-{_minutes(hi)}" if hi < 90 else f"{_minutes(lo)}-{_minutes(hi)}"
+    return f"cold: {est} on 2 cores" + ("" if s.factor == 1 else f", slowdown x{s.factor:g} ({s.source})")
 
 
 @dataclass
@@ -557,7 +572,7 @@ class Builder:
         else:
             resources.require_disk(self.work_base, resources.KERNEL_BUILD_MB, f"building the {label}")
             self.progress(f"building {label} for Linux {self.source.version_str} "
-                          f"(cold: 5-8 min on 2 cores; after a small patch change: seconds)")
+                          f"({cold_estimate()}; after a small patch change: seconds)")
 
         def do_build(tmp: Path) -> None:
             log = tmp / "build.log"

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 from . import accel, interrupts, procs
 from .console import Console
-from .deadline import Deadline
+from .deadline import Deadline, scaled
 from .errors import BootError, HarnessError, InfraError
 from .qmp import Monitor
 from .ssh import Session
@@ -142,7 +142,7 @@ class Machine:
         raise InfraError(f"{self.spec.name}: could not find free ports for QEMU's forwards", stage="launch")
 
     def _connect_qmp(self, deadline: Deadline) -> None:
-        end = time.monotonic() + min(30, max(1.0, deadline.remaining()))
+        end = time.monotonic() + min(scaled(30), max(1.0, deadline.remaining()))
         while not self.qmp_path.exists():
             if not self.console.alive():
                 time.sleep(0.2)

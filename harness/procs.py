@@ -9,11 +9,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Callable, Dict, Mapping, Optional, Sequence, Type, Union
 
 from . import buildlog
+from .deadline import scaled
 from .errors import INFRA, HarnessError, InfraError, tail_of
 
 PR_SET_PDEATHSIG = 1
@@ -119,8 +121,11 @@ def run(
     ``env`` holds only the variables added to the harness's environment.
     A non-zero exit raises ``error`` naming ``stage``, with the output tail and the
     reproducer.  ``on_line`` sees each output line (for progress) when logging.
+    ``timeout`` is a budget on the reference machine: the slowdown factor scales it
+    (harness/deadline.py), so a caller names the figure measured, not this runner's.
     """
     argv = [str(a) for a in argv]
+    timeout = scaled(timeout) if timeout else timeout
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
@@ -165,6 +170,15 @@ def run(
                      reproduce=repro, kind=INFRA if exhausted else None)
 
     log_error: Optional[str] = None  # why the log stopped being writable
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        kill_group(proc)  # its output ends: the reading loop below returns
+
+    timer = threading.Timer(timeout, expire) if timeout else None
+    if timer:
+        timer.daemon = True
 
     def log_write(data: bytes) -> bool:
         """Write to the log; when its file system fails (e.g. full), keep the output in
@@ -189,15 +203,16 @@ def run(
             proc.stdin.write(input)
             proc.stdin.close()
         assert proc.stdout is not None
-        deadline = time.monotonic() + timeout if timeout else None
+        if timer:  # a silent command too: reading its output would block past the deadline
+            timer.start()
         for raw in iter(proc.stdout.readline, b""):
             if not (logf and log_write(raw)):
                 chunks.append(raw)
             if on_line and log is not None:
                 on_line(raw.decode("utf-8", "replace").rstrip("\n"))
-            if deadline and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(argv, timeout)
-        rc = proc.wait(timeout=(deadline - time.monotonic()) if deadline else None)
+        rc = proc.wait()
+        if timed_out.is_set():
+            raise subprocess.TimeoutExpired(argv, timeout)
     except subprocess.TimeoutExpired:
         kill_group(proc)
         raise failure(f"timed out after {timeout:.0f} s")
@@ -205,6 +220,8 @@ def run(
         kill_group(proc)
         raise
     finally:
+        if timer:
+            timer.cancel()
         if proc.poll() is not None:
             untrack(proc.pid)
         if logf:
@@ -250,7 +267,7 @@ def kill_group(proc: subprocess.Popen, grace: float = 0.0) -> None:
 def tool_version(argv: Sequence[str]) -> str:
     """First line of ``argv``'s output, or '' when it cannot run (used in cache keys)."""
     try:
-        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=scaled(30))
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else ""

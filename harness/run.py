@@ -22,6 +22,7 @@ from . import (analysis, cache, errors, groundtruth, hosttrace, images, kbuild, 
                sources, workload)
 from .config import Config, Scenario
 from .console import scan
+from . import deadline
 from .deadline import Deadline
 from .errors import BootError, ConfigError, HarnessError, KernelBugError, StageTimeout, TraceError, WorkloadError
 from .kbuild import KernelBuild
@@ -68,6 +69,7 @@ def load_patch(spec: str, role: str, profile: profiles.Profile, cfg: Config) -> 
 def prepare(cfg: Config, log_dir: Path, progress: Progress = print) -> Artefacts:
     t: Dict[str, float] = {}
     t0 = time.monotonic()
+    progress(deadline.calibrate().describe())  # before the first budget: the build estimates scale too
     src = sources.resolve(cfg, log_dir, progress)
     profile = profiles.select(src.version, cfg.kernel.profile)
     progress(f"kernel: Linux {src.version_str} from {src.origin}; profile {profile.name} "
@@ -109,6 +111,7 @@ class Stack:
         self.timings: Dict[str, float] = {}
         self.accel: dict = {}
         self.teardown: List[str] = []  # what stopping L2 took (QMP unanswered, kill -9 from L1, ...)
+        self.slowdown: dict = {}
 
     def __enter__(self) -> "Stack":
         try:
@@ -130,9 +133,12 @@ class Stack:
                            cpus=cfg.l1.cpus, memory_mb=cfg.l1.memory_mb, cpu_model=cfg.l1.cpu_model,
                            accel=cfg.l1.accel, append=cfg.l1.append, forwards=dict(L1_FORWARDS),
                            restrict_net=cfg.l1.restrict_net)
+        slow = deadline.calibrate()  # once per process (prepare() did it for main_job)
+        self.slowdown = slow.to_dict()
         decision = spec.accel_decision()
         self.accel = decision.to_dict()
-        self.progress(f"booting L1 ({decision.accel}: {decision.reason}; {spec.cpus} CPUs, {spec.cpu_model})")
+        self.progress(f"booting L1 ({decision.accel}: {decision.reason}; {spec.cpus} CPUs, {spec.cpu_model}; "
+                      f"budgets x{slow.factor:g}, {slow.source})")
         self.l1 = Machine(spec, self.run_dir, art.identity, self.progress)
         boot = Deadline(L1_BOOT_S, "l1-boot")
         self.l1.launch(boot)
@@ -288,6 +294,17 @@ def judge_stuck_stage(e: HarnessError, findings: List[dict], run_dir: Path) -> H
     return err
 
 
+def workload_budget(sc: Scenario) -> float:
+    """Seconds a scenario's workload may take: its duration or 5 ms a call, plus a minute
+    (reference machine), through the slowdown factor."""
+    return deadline.scaled((sc.duration_s or 0) + sc.calls * 0.005 + 60)
+
+
+def calls_budget(calls: int) -> float:
+    """Seconds for a measuring round of ``calls`` calls (10 ms each, plus a minute), scaled."""
+    return deadline.scaled(calls * 0.01 + 60)
+
+
 def _start_load(l1_ssh, n: int) -> List[int]:
     if n <= 0:
         return []
@@ -326,7 +343,7 @@ def run_scenario(stack: Stack, sc: Scenario, out_dir: Path, progress: Progress =
         started = time.monotonic()
         if sc.actions:
             actions = scenarios.run_actions(stack.l1_ssh, tracer, sc.actions, threads, sc.pin, started, progress)
-        budget = (sc.duration_s or 0) + sc.calls * 0.005 + 60
+        budget = workload_budget(sc)
         for v, argv, chan in runs:
             res = stack.l2_ssh.finish(chan, argv, timeout=budget, stage=f"workload ({sc.name})")
             if res.rc != 0:
@@ -399,7 +416,7 @@ def trace_overhead(stack: Stack, tracer: hosttrace.HostTracer, v: int, threads: 
             for state in (("on", "off") if i % 2 == 0 else ("off", "on")):
                 tracer.pause(state == "on")
                 argv = workload.workload_argv(count=calls, vcpu=v, syscall_nr=nr, bare=True, out=None)
-                res = stack.l2_ssh.run(argv, timeout=calls * 0.01 + 60, stage="trace-overhead")
+                res = stack.l2_ssh.run(argv, timeout=calls_budget(calls), stage="trace-overhead")
                 got[state] = workload.parse_summary_line(res.out)["calls_per_s"]
                 rates[state].append(got[state])
             if got["off"]:
@@ -479,7 +496,7 @@ def call_rates(stack: Stack, v: int, calls: int, nr: int) -> Dict[str, dict]:
     for mode, n in (("hostcpuid", calls), ("getppid", calls * 20)):
         argv = workload.workload_argv(count=n, vcpu=v, syscall_nr=nr if mode == "hostcpuid" else None,
                                       mode=mode, out=f"/tmp/rates-{mode}.bin", interleave_bare=max(1, n // 50))
-        res = stack.l2_ssh.run(argv, timeout=n * 0.01 + 60, stage="call-rates")
+        res = stack.l2_ssh.run(argv, timeout=calls_budget(n), stage="call-rates")
         out[mode] = workload.parse_summary_line(res.out)
     return out
 
@@ -585,6 +602,7 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
     summary: dict = {"run_dir": str(run_dir), "config": cfg.source_file, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     stack: Optional[Stack] = None
     try:
+        summary["slowdown"] = deadline.calibrate().to_dict()  # prepare() says it; kept even if prepare fails
         art = prepare(cfg, run_dir / "logs", progress)
         summary.update({
             "kernel": {"origin": art.source.origin, "identity": art.source.identity, "version": art.source.version_str},
@@ -605,6 +623,7 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
         with stack:
             summary["timings"] = stack.timings
             summary["l1_accel"] = stack.accel
+            summary["slowdown"] = stack.slowdown
             results = []
             for rep in range(repeat):
                 for sc in scenarios_to_run:

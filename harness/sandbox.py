@@ -35,10 +35,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Union
 
+from .deadline import scaled
 from .errors import InfraError
 
 PathLike = Union[str, Path]
@@ -53,7 +55,7 @@ PATH = "/usr/local/bin:/usr/bin:/bin"
 
 @dataclass(frozen=True)
 class Limits:
-    wall_s: int = 1800                 # a cold kernel build on 2 cores is ~5 min
+    wall_s: int = 1800                 # a cold kernel build on 2 cores is ~5 min (scaled: slowdown factor)
     address_space: int = 6 << 30       # per process (cc1 on big files ~1 GiB)
     file_size: int = 2 << 30           # per file written (vmlinux ~ 200 MB with debug off)
     processes: int = 512               # tasks of the sandbox's uid (make -j2 of a kernel: < 40)
@@ -199,7 +201,7 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
     for d in writable:
         give(Path(d), uid)
     ident = identity_files(uid)
-    out = ["timeout", "--kill-after=10", str(limits.wall_s),
+    out = ["timeout", "--kill-after=10", str(round(scaled(limits.wall_s))),
            "prlimit", f"--as={limits.address_space}", f"--fsize={limits.file_size}", "--core=0",
            f"--nproc={limits.processes}", "--",
            "bwrap", "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-net",
@@ -223,3 +225,20 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
     out += ["--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all", "--no-new-privs", "--"]
     return out + [str(a) for a in argv]
+
+
+def unusable() -> str:
+    """'' when a sandbox can really be made here, else why not: the tools, then bubblewrap
+    itself (a kernel or an emulator without user namespaces refuses it: qemu-user's
+    process is multi-threaded, so unshare(CLONE_NEWUSER) fails with EINVAL there)."""
+    why = available()
+    if why:
+        return why
+    try:
+        probe = subprocess.run(confine(["true"], limits=PDF), capture_output=True, text=True,
+                               timeout=scaled(60))
+    except subprocess.TimeoutExpired:
+        return "bubblewrap did not start a sandbox within a minute"
+    if probe.returncode != 0:
+        return f"bubblewrap cannot create a sandbox here: {probe.stderr.strip()[-300:]}"
+    return ""

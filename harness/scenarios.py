@@ -21,6 +21,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from .config import Action
+from .deadline import scaled
 from .groundtruth import HostTrace, call_times
 from .hosttrace import HostTracer
 from .trace import pcpu_of
@@ -204,7 +205,7 @@ def _repin(sc, host, rets, tids, key) -> dict:
     delay = times[k][0] - t_mark
     if delay < 0:
         return _result(NOT_MET, f"vCPU {v} returned {b} at call {k}, {-delay * 1e3:.1f} ms BEFORE the re-pin")
-    if delay > REPIN_TOLERANCE_S:
+    if delay > scaled(REPIN_TOLERANCE_S):
         return _result(NOT_MET, f"vCPU {v} returned {b} only {delay * 1e3:.0f} ms after the re-pin")
     return _result(MET, f"vCPU {v}: one change {frm}->{b} at call {k}, {delay * 1e3:.1f} ms after the re-pin")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import List
 
 from . import procs
+from .deadline import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,7 +51,7 @@ def soak(n: int, kill_fraction: float, calls: int, seed: int, base: Path) -> dic
             except subprocess.TimeoutExpired:
                 p.send_signal(signal.SIGINT if action == "SIGINT" else signal.SIGKILL)
         try:
-            _, err = p.communicate(timeout=600)
+            _, err = p.communicate(timeout=scaled(600))
         except subprocess.TimeoutExpired:
             p.kill()
             _, err = p.communicate()

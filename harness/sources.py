@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from . import cache, distro, procs, profiles, resources
+from .deadline import about
 from .config import Config, KernelConfig, is_local_repository
 from .errors import SourceError
 from .profiles import tree_version
@@ -162,7 +163,7 @@ def _from_tarball(tarball: Path, log_dir: Path, progress: Progress, why: str = "
     entry = cache.Entry("sources", cache.key_of(identity=identity))
     if not entry.ready():
         resources.require_disk(entry.base, resources.SOURCE_TREE_MB, f"extracting {tarball.name}")
-        progress(f"extracting {tarball.name} (once; about 30 s)")
+        progress(f"extracting {tarball.name} (once; {about(30)})")
 
     def extract(tmp: Path) -> None:
         procs.run(["tar", "-xf", tarball, "-C", tmp], stage="source", error=SourceError,

@@ -15,13 +15,18 @@ from typing import Callable, List, Optional, Sequence, Union
 import paramiko
 
 from . import interrupts
-from .deadline import Deadline
+from .deadline import Deadline, scaled
 from .errors import BootError, GuestCommandError, InfraError, StageTimeout
 
 # a peer that takes longer than this to accept a command has stopped answering
 EXEC_TIMEOUT_S = 15
 # copying a trace out (a few MB over a local forward: well under a second when well)
 FETCH_TIMEOUT_S = 120
+
+
+# budgets (reference machine; scaled by the slowdown factor, harness/deadline.py)
+CONNECT_S = 10   # one SSH connection attempt, or one forwarded channel
+COMMAND_S = 60   # a guest command without a budget of its own
 
 
 @dataclass
@@ -58,7 +63,8 @@ class Session:
 
     @classmethod
     def connect(cls, name: str, host: str, port: int, key_file: Path, host_pub: str,
-                timeout: float = 10, log: Optional[Path] = None) -> "Session":
+                timeout: Optional[float] = None, log: Optional[Path] = None) -> "Session":
+        timeout = scaled(CONNECT_S) if timeout is None else timeout
         client = paramiko.SSHClient()
         client.get_host_keys().add(f"[{host}]:{port}", host_pub.split()[0], _host_key(host_pub))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -79,8 +85,8 @@ class Session:
                 if reason:
                     raise BootError(f"{deadline.stage}: {reason}", stage=deadline.stage, tail=tail())
             try:
-                return cls.connect(name, host, port, key_file, host_pub, timeout=min(10, max(1, deadline.remaining())),
-                                   log=log)
+                return cls.connect(name, host, port, key_file, host_pub,
+                                   timeout=min(scaled(CONNECT_S), max(1, deadline.remaining())), log=log)
             except paramiko.BadHostKeyException as e:
                 raise InfraError(f"{name}: host key mismatch on port {port}: {e}", stage=deadline.stage) from None
             except (OSError, paramiko.SSHException, EOFError) as e:
@@ -96,9 +102,11 @@ class Session:
             with open(self.log, "a") as f:
                 f.write(text)
 
-    def run(self, argv: Sequence[Union[str, int]], timeout: float = 60, check: bool = True,
+    def run(self, argv: Sequence[Union[str, int]], timeout: Optional[float] = None, check: bool = True,
             stage: str = "guest-command") -> Result:
-        """Run argv on the guest (quoted for its shell); raise GuestCommandError on failure."""
+        """Run argv on the guest (quoted for its shell); raise GuestCommandError on failure.
+        ``timeout``: seconds, already scaled; default COMMAND_S through the slowdown factor."""
+        timeout = scaled(COMMAND_S) if timeout is None else timeout
         argv = [str(a) for a in argv]
         chan = self.start(argv, stage=stage, timeout=timeout)
         res = self.finish(chan, argv, timeout=timeout, stage=stage)
@@ -210,7 +218,7 @@ class Session:
         A thread pumps bytes until either side closes."""
         try:
             chan = self.client.get_transport().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
-                                                            timeout=10)
+                                                            timeout=scaled(CONNECT_S))
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise InfraError(f"{self.name}: cannot reach {host}:{port} through SSH: {e}", stage="ssh-forward") \
                 from None

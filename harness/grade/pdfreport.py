@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .. import sandbox
+from ..deadline import scaled
 
 MAX_THUMBS = 6
 
@@ -52,7 +53,7 @@ def inspect(pdf: Optional[Path], out_dir: Path) -> ReportInfo:
     run_dir = out_dir.resolve()
     argv = sandbox.confine(["pdfinfo", str(pdf.resolve())], readable=[pdf.resolve().parent], limits=sandbox.PDF)
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=120)
+        res = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=scaled(120))
     except subprocess.TimeoutExpired:
         return ReportInfo(present=True, why="pdfinfo timed out")
     m = re.search(r"^Pages:\s+(\d+)", res.stdout, re.M)
@@ -66,7 +67,7 @@ def inspect(pdf: Optional[Path], out_dir: Path) -> ReportInfo:
                             str(pdf.resolve()), str(thumbs / "page")],
                            readable=[pdf.resolve().parent], writable=[thumbs], limits=sandbox.PDF)
     try:
-        subprocess.run(argv, capture_output=True, timeout=180)
+        subprocess.run(argv, capture_output=True, timeout=scaled(180))
     except subprocess.TimeoutExpired:
         pass
     info.thumbnails = [str(p.relative_to(run_dir)) for p in sorted(thumbs.glob("page*.png"))]

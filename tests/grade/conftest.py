@@ -4,8 +4,17 @@ from typing import Optional, Tuple
 
 import pytest
 
-from harness import cache, distro, profiles, sources
+from harness import cache, distro, profiles, sandbox, sources
 from harness.errors import HarnessError, SourceError
+
+@pytest.fixture(scope="session")
+def needs_sandbox():
+    """Skip (naming why) where bubblewrap cannot make a sandbox: e.g. an arm64 userland
+    under qemu-user, which cannot create user namespaces (tools/arm64-check.sh)."""
+    why = sandbox.unusable()
+    if why:
+        pytest.skip(f"needs a working bubblewrap sandbox: {why}")
+
 
 # grade another Debian tarball than this machine's default (the profile follows its version)
 ENV_GRADE_TARBALL = "KVM_HARNESS_GRADE_TARBALL"

@@ -28,6 +28,7 @@ def ctx(out, tree=None, profile="6.1"):
                    rubric=rubric.load(), out=out, run_pairings=False, progress=lambda m: None)
 
 
+@pytest.mark.usefixtures("needs_sandbox")
 def test_static_batch_outputs(inbox, tmp_path):
     out = tmp_path / "out"
     res = batch.grade_batch([inbox], ctx(out))
@@ -58,6 +59,7 @@ def test_static_batch_outputs(inbox, tmp_path):
     assert not res3["good-id8"].get("resumed") and res3["bad-vcpuid"].get("resumed")
 
 
+@pytest.mark.usefixtures("needs_sandbox")
 def test_shards_partition_and_merge(inbox, tmp_path):
     outs = []
     for i in (1, 2, 3):
@@ -87,6 +89,7 @@ def test_static_with_tree_names_the_patch_that_does_not_apply(tmp_path, profile)
     assert {c["id"]: c for c in r["checks"]}["sc.builds"]["status"] == "SKIP"
 
 
+@pytest.mark.usefixtures("needs_sandbox")
 def test_inconclusive_check_is_flagged_and_regraded(tmp_path):
     d = tmp_path / "in"
     d.mkdir()

@@ -4,6 +4,8 @@ remote storage; the trusted local cache is not even visible inside the sandbox;
 unsandboxed builds keep the shared ccache."""
 import subprocess
 
+import pytest
+
 from harness import cache, kbuild
 from harness.grade import batch
 from harness.profiles import all_profiles
@@ -110,6 +112,7 @@ Image:
 """
 
 
+@pytest.mark.usefixtures("needs_sandbox")
 def test_a_sandboxed_make_cannot_write_the_pristine_sources_through_the_worktree(tmp_path, monkeypatch):
     """A worktree's sources are hard links to the pristine tree: a patch whose make writes
     into them would change every later build.  Under the sandbox the write fails, the
@@ -159,6 +162,7 @@ def test_a_finished_batch_removes_its_worktrees_only(tmp_path, monkeypatch):
     assert [wt.exists() for wt in kept + gone] == [True, True, False, False]
 
 
+@pytest.mark.usefixtures("needs_sandbox")
 def test_the_deeper_of_two_nested_binds_decides_and_no_capability_is_kept(tmp_path):
     from harness import sandbox
 

@@ -8,8 +8,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-# pages that other branches bring (a link to one is checked once it is there)
-ELSEWHERE = {"docs/ci.md"}
 
 
 def slug(heading: str) -> str:
@@ -52,8 +50,7 @@ def test_links_resolve_inside_the_repository(page):
         if rel is None:
             bad.append(f"{target}: outside the repository")
         elif not dest.exists():
-            if str(rel) not in ELSEWHERE:
-                bad.append(f"{target}: no such file")
+            bad.append(f"{target}: no such file")
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             bad.append(f"{target}: no heading #{anchor} in {rel}")
     assert not bad, f"{page.name}: " + "; ".join(bad)

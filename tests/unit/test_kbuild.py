@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cache, kbuild, profiles
+from harness import cache, hostarch, kbuild, profiles
 from harness.errors import BuildError, InfraError, PatchError
 from harness.patches import Patch
 from harness.profiles import Profile
@@ -177,13 +177,21 @@ def test_fake_tree_version(env):
     assert env.source.version == (6, 1, 99) and env.source.version_str == "6.1.99"
 
 
-def test_make_argv(env, monkeypatch):
+# both hosts' compilers, whichever this one is: x86_64 cross-compiles, arm64's own gcc is the
+# arm64 compiler (a test that assumed the cross prefix failed in an arm64 userland)
+HOSTS = pytest.mark.parametrize("prefix", [hostarch.cross_prefix("x86_64"), hostarch.cross_prefix("aarch64")],
+                                ids=["x86_64-host", "arm64-host"])
+
+
+@HOSTS
+def test_make_argv(env, monkeypatch, prefix):
+    monkeypatch.setattr(kbuild, "CROSS_COMPILE", prefix)
     b = env.builder()
     argv = b.make_argv("Image", jobs=3)
     assert argv[:3] == ["make", "-C", str(b.work / "src")]
     assert f"O={b.work / 'build'}" in argv
-    assert "ARCH=arm64" in argv and "CROSS_COMPILE=aarch64-linux-gnu-" in argv
-    assert "CC=aarch64-linux-gnu-gcc" in argv
+    assert "ARCH=arm64" in argv and f"CROSS_COMPILE={prefix}" in argv
+    assert f"CC={prefix}gcc" in argv
     assert argv[-2:] == ["-j3", "Image"]
     assert "-j" not in " ".join(b.make_argv("allnoconfig"))
     assert b.work == cache.cache_root() / "work" / b.config_key
@@ -191,14 +199,16 @@ def test_make_argv(env, monkeypatch):
     assert b.make_env()["KBUILD_BUILD_VERSION"] == "1"   # not how often the worktree linked before
 
 
-def test_make_argv_profile_vars_and_ccache(env, monkeypatch):
+@HOSTS
+def test_make_argv_profile_vars_and_ccache(env, monkeypatch, prefix):
     import dataclasses
 
+    monkeypatch.setattr(kbuild, "CROSS_COMPILE", prefix)
     profile = dataclasses.replace(env.profile, make_vars=(("LLVM", "0"), ("W", "1")))
     monkeypatch.setattr(kbuild.shutil, "which", lambda name: "/usr/bin/" + name)
     b = kbuild.Builder(env.source, profile, jobs=1, use_ccache=True, progress=env.messages.append)
     argv = b.make_argv("Image")
-    assert "CC=ccache aarch64-linux-gnu-gcc" in argv
+    assert f"CC=ccache {prefix}gcc" in argv
     assert argv[-3:] == ["LLVM=0", "W=1", "Image"]
     assert b.make_env()["CCACHE_DIR"] == str(cache.cache_root() / "ccache")
     assert b.make_env()["CCACHE_PREFIX_CPP"] == str(kbuild.CPP_KEY) and "CCACHE_DEPEND" not in b.make_env()
@@ -207,9 +217,11 @@ def test_make_argv_profile_vars_and_ccache(env, monkeypatch):
     assert b.config_key != env.builder().config_key
 
 
-def test_no_compiler_is_an_infra_error(env, monkeypatch):
+@HOSTS
+def test_no_compiler_is_an_infra_error(env, monkeypatch, prefix):
+    monkeypatch.setattr(kbuild, "CROSS_COMPILE", prefix)
     monkeypatch.setattr(kbuild, "compiler_version", lambda: "")
-    with pytest.raises(InfraError, match="aarch64-linux-gnu-gcc not found"):
+    with pytest.raises(InfraError, match=rf"\] {prefix}gcc not found: run `make setup`"):
         env.builder()
 
 

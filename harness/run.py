@@ -502,7 +502,7 @@ def overall_verdict(scenarios: List[dict], findings: List[dict]) -> str:
     if not scenarios:
         return "no-samples"
     words = {s["verdict"] for sc in scenarios for s in sc["per_vcpu"].values()}
-    if any(f["signature"] in ("bug", "warning", "oops", "panic", "hyp-panic", "lockup", "rcu-stall")
+    if any(f["signature"] in ("bug", "warning", "oops", "panic", "hyp-panic", "lockup", "rcu-stall", "preempt-leak")
            for f in findings):
         return "kernel-bug"
     if any(s.get("pin_respected") is False for sc in scenarios for s in sc["per_vcpu"].values()):

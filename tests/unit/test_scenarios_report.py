@@ -223,3 +223,17 @@ def test_a_patch_pair_with_its_own_function_id_is_learned_from_l1s_trace(tmp_pat
     sc2["hvc_calls"] = [{"vcpu": 0, "func_id": "0x57", "imm": 0, "count": 1}]
     s2 = {"scenarios": [sc2], "kernel_log_findings": []}
     assert run.learn_call_key(tmp_path, s2, KEY, said.append) is None and "learned_call_key" not in s2
+
+
+def test_the_learned_id_is_said_in_the_summary_and_experiments_json(tmp_path):
+    own = 0xC6000042
+    sc = make_scenario(tmp_path, "pinned", "pinned", {0: [3] * 4}, [hvc(1.0 + i * 0.05, 3, pid=T0, r0=own)
+                                                                   for i in range(4)], pin={0: 3})
+    sc["hvc_calls"] = [{"vcpu": 0, "func_id": hex(own), "imm": 0, "count": 4}]
+    summary = {"scenarios": [sc], "kernel_log_findings": [], "run_dir": str(tmp_path)}
+    run.learn_call_key(tmp_path, summary, KEY, lambda m: None)
+    assert sc["verdict"] == "met" and summary["verdict"] == "ok"
+    assert analysis.human_summary(summary).startswith("learned func_id 0xc6000042 from L1's trace (x0 = 0xc6000040 "
+                                                      "never appeared; 4 HVCs for 4 calls)")
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert experiment.collect(tmp_path)["learned_call_key"]["func_id"] == "0xc6000042"

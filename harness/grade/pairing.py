@@ -26,8 +26,6 @@ from ..trace import read_trace
 
 Progress = Callable[[str], None]
 HI_TAG = 0x5A5A          # the grading host's upper 32 bits in pairing "syscall"
-# (what is not host_cpuid, and how often an ID must be issued to be learned: harness/groundtruth.py)
-STANDARD_RANGES, LEARN_MIN, is_standard = groundtruth.STANDARD_RANGES, groundtruth.LEARN_MIN, groundtruth.is_standard
 
 
 VERDICT_TEXT = {

@@ -28,7 +28,8 @@ def bug_kind(lines: List[str]) -> Optional[str]:
     text = " ".join(lines)
     if not text:
         return None
-    if re.search(r"scheduling while atomic|exited with preempt_count|preempt_count: [1-9]|preempt count leak", text):
+    if re.search(r"scheduling while atomic|exited with preempt_count|preempt_count: [1-9]|preempt count leak|"
+                 r"at preempt_count_add|PREEMPT_MASK", text):   # 6.1: the count nears its 8-bit limit
         return "preempt-leak"
     if re.search(r"smp_processor_id\(\) in preemptible|debug_smp_processor_id", text):
         return "smp-preemptible"

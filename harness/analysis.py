@@ -82,6 +82,9 @@ def describe(verdict_word: str, syscall_nr: int) -> str:
 def human_summary(summary: dict) -> str:
     """A few lines for the terminal at the end of a run."""
     lines = []
+    if summary.get("learned_call_key"):
+        k = summary["learned_call_key"]
+        lines.append(f"{k['note']} ({k['configured']} never appeared; {k['hvcs']} HVCs for {k['calls']} calls)")
     for sc in summary.get("scenarios", []):
         pins = ", ".join(f"vCPU{v}->pCPU{p}" for v, p in sorted(sc.get("pin", {}).items())) or "none"
         lines.append(f"scenario {sc['name']}: pins {pins}, host load {sc.get('host_load', 0)}")

@@ -30,6 +30,8 @@ SIGNATURES = [
     Signature("oops", re.compile(r"Internal error: |Unable to handle kernel "), True),
     Signature("bug", re.compile(r"\bBUG: "), False),
     Signature("warning", re.compile(r"\bWARNING: CPU: \d+ PID: \d+|\bWARNING: .* at |\bWARNING: possible "), False),
+    # a thread that ends with preemption still disabled (kernel/exit.c: do_exit)
+    Signature("preempt-leak", re.compile(r"\bexited with preempt_count [1-9]"), False),
     Signature("rcu-stall", re.compile(r"rcu: INFO: rcu_\w+ detected stalls"), False),
     Signature("lockup", re.compile(r"soft lockup - CPU|hard LOCKUP"), False),
 ]

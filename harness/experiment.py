@@ -129,6 +129,7 @@ def collect(run_dir: Path) -> dict:
            "repeat": summary.get("repeat", 1), "verdict": summary.get("verdict"),
            "kernel_log_findings": summary.get("kernel_log_findings", []),
            "kernel_refs": summary.get("kernel_refs", {}), "timings": summary.get("timings", {}),
+           "learned_call_key": summary.get("learned_call_key"),   # a patch pair's own ID (run.learn_call_key)
            "scenarios": scenarios}
     (run_dir / EXPERIMENTS_JSON).write_text(json.dumps(out, indent=1))
     return out

@@ -128,6 +128,44 @@ def hvc_calls(trace: HostTrace, tids: Dict[int, int]) -> List[dict]:
             for (v, f, i), n in sorted(counts.items(), key=lambda kv: (kv[0][0], -kv[1]))]
 
 
+# function IDs that are not host_cpuid: SMCCC arch calls, the standard secure services
+# (PSCI, and TRNG: a 6.1 guest seeds its RNG with TRNG_RND64 = 0xc4000053), the standard
+# hypervisor services (paravirtualised time), KVM's own vendor calls
+STANDARD_RANGES = ((0x80000000, 0x8000FFFF), (0x84000000, 0x8400FFFF), (0xC4000000, 0xC400FFFF),
+                   (0x85000000, 0x8500FFFF), (0xC5000000, 0xC500FFFF),
+                   (0x86000000, 0x86000000), (0xC6000000, 0xC6000001))
+LEARN_MIN = 0.5   # a call ID is learned from the trace only when issued at least this often per call
+
+
+def is_standard(func: int) -> bool:
+    return any(lo <= func <= hi for lo, hi in STANDARD_RANGES)
+
+
+def issued_key(summary: dict) -> Optional[Tuple[CallKey, int]]:
+    """The (function ID, immediate) a run's workload issued, from L1's trace of
+    kvm_hvc_arm64 (scenario["hvc_calls"]), and how many times: the most frequent
+    non-standard one, if it was issued about once per call or more (a guest that never
+    issues its hypercall must not teach anyone some HVC the kernel made twice at boot)."""
+    counts: Counter = Counter()
+    seen = False
+    samples = 0
+    for sc in summary.get("scenarios", []) or []:
+        if "hvc_calls" not in sc:
+            continue
+        seen = True
+        samples += sum(int(st.get("samples") or 0) for st in (sc.get("per_vcpu") or {}).values())
+        for c in sc["hvc_calls"]:
+            f = int(str(c.get("func_id")), 0)
+            if not is_standard(f):
+                counts[(f, int(c.get("imm", 0)))] += int(c.get("count", 0))
+    if not seen or not counts:
+        return None
+    (f, imm), n = counts.most_common(1)[0]
+    if n < LEARN_MIN * samples:
+        return None
+    return CallKey(func_id=f, imm=imm), n
+
+
 def learn_key(trace: HostTrace, tid: int, samples: int) -> Optional[CallKey]:
     """The (function ID, immediate) this vCPU issued about once per call (what a
     submission chose, read from what its guest did rather than from its patch)."""

@@ -487,6 +487,52 @@ def rejudge(summary: dict) -> dict:
     return summary
 
 
+def recheck(run_dir: Path, summary: dict, key: groundtruth.CallKey, note: str = "") -> dict:
+    """Judge a stored run again with another call key (a patch pair's own function ID or
+    immediate), nothing booted: every vCPU's ground truth from the run's L1 traces, each
+    scenario's expectation, the verdicts.  ``note`` (how the key was found) ends each
+    scenario's reason.  Returns the summary, updated in place."""
+    run_dir = Path(run_dir)
+    groundtruth.recheck_run(run_dir, summary, key)
+    for sc in summary.get("scenarios", []) or []:
+        f = run_dir / (sc.get("l1_trace") or {}).get("file", "")
+        tids = {int(v): int(t) for v, t in (sc.get("vcpu_threads") or {}).items()}
+        bins = {v: f.parent / f"vcpu{v}.bin" for v in sc.get("per_vcpu", {})}
+        if not f.is_file() or sc.get("kind") not in scenarios.EXPECTATIONS or not all(b.is_file() for b in bins.values()):
+            continue
+        rets = {v: list(read_trace(b).ret) for v, b in bins.items()}
+        sc.update(scenarios.check(sc["kind"], sc, groundtruth.parse(f), rets,
+                                  {int(v): tids[int(v)] for v in bins if int(v) in tids}, key))
+        sc["call_key"] = key.describe()
+        if note:
+            sc["reason"] += f" ({note})"
+    return rejudge(summary)
+
+
+def learn_call_key(run_dir: Path, summary: dict, key: groundtruth.CallKey,
+                   progress: Progress = print) -> Optional[groundtruth.CallKey]:
+    """A patch pair with its own function ID: when ``key`` (the configured one) matched no
+    HVC of the workload in L1's trace and one other ID was issued about once per call
+    (groundtruth.issued_key, as grading learns it), judge the run again with that ID and
+    say so (summary["learned_call_key"]).  Returns the learned key, or None."""
+    scen = summary.get("scenarios") or []
+    if not scen or any((st.get("ground_truth") or {}).get("hvc_events") for sc in scen
+                       for st in sc.get("per_vcpu", {}).values()):
+        return None
+    t = groundtruth.issued_key(summary)
+    if t is None or (t[0].func_id, t[0].imm) == (key.func_id, key.imm):
+        return None
+    new, n = t
+    what = f"func_id {new.func_id:#x}" + (f" with hvc #{new.imm}" if new.imm else "")
+    note = f"learned {what} from L1's trace"
+    samples = sum(int(st.get("samples") or 0) for sc in scen for st in sc.get("per_vcpu", {}).values())
+    progress(f"{note}: {key.describe()} never appeared, {what} was issued {n} times for {samples} calls")
+    summary["learned_call_key"] = {"func_id": hex(new.func_id), "imm": new.imm, "configured": key.describe(),
+                                   "hvcs": n, "calls": samples, "note": note}
+    recheck(run_dir, summary, new, note)
+    return new
+
+
 def call_rates(stack: Stack, v: int, calls: int, nr: int) -> Dict[str, dict]:
     """host_cpuid (``calls`` calls) next to getppid (20x as many: it is ~30x faster) on vCPU
     v, each run with bare blocks interleaved between its recorded blocks, so both rates and
@@ -537,7 +583,7 @@ def overall_verdict(scenarios: List[dict], findings: List[dict]) -> str:
     if not scenarios:
         return "no-samples"
     words = {s["verdict"] for sc in scenarios for s in sc["per_vcpu"].values()}
-    if any(f["signature"] in ("bug", "warning", "oops", "panic", "hyp-panic", "lockup", "rcu-stall")
+    if any(f["signature"] in ("bug", "warning", "oops", "panic", "hyp-panic", "lockup", "rcu-stall", "preempt-leak")
            for f in findings):
         return "kernel-bug"
     if any(s.get("pin_respected") is False for sc in scenarios for s in sc["per_vcpu"].values()):
@@ -634,6 +680,7 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
                     summary["scenarios"] = results
             findings = stack.kernel_findings()
         summary["kernel_log_findings"] = findings
+        learn_call_key(run_dir, summary, call_key(cfg, art.profile), progress)
         summary["verdict"] = overall_verdict(results, findings)
         summary["verdict_text"] = analysis.describe(summary["verdict"], art.profile.syscall_nr)
         if summary["verdict"] == "kernel-bug":

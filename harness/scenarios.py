@@ -24,7 +24,7 @@ from .config import Action
 from .deadline import scaled
 from .groundtruth import HostTrace, call_times
 from .hosttrace import HostTracer
-from .trace import pcpu_of
+from .trace import describe_ret, pcpu_of
 
 MET, NOT_MET, INCONCLUSIVE = "met", "not-met", "inconclusive"
 REPIN_TOLERANCE_S = 0.5  # TCG: the first call after taskset may take a tick or two
@@ -112,7 +112,10 @@ def check(kind: str, sc: dict, host: Optional[HostTrace], rets: Dict[str, List[i
     per_vcpu = sc["per_vcpu"]
     problems = _ground_truth_problems(per_vcpu)
     if problems:
-        return _result(NOT_MET, "ground truth: " + "; ".join(problems))
+        # the expectation's own finding first (it needs no trace): what the pinned vCPUs answered
+        own = _pinned(sc, host, rets, tids, key) if sc.get("pin") and kind in ("pinned", "overcommit") else None
+        lead = own["reason"] + "; " if own and not own["met"] else ""
+        return _result(NOT_MET, lead + "ground truth: " + "; ".join(problems))
     fn = _CHECKS[kind]
     res = fn(sc, host, rets, tids, key)
     if res["verdict"] != NOT_MET and kind != "pinned":
@@ -128,10 +131,16 @@ def _pinned(sc, host, rets, tids, key) -> dict:
         r = rets.get(str(v))
         if r is None:
             continue
-        wrong = sum(1 for x in r if pcpu_of(x) != p)
+        wrong = [x for x in r if pcpu_of(x) != p]
         if wrong:
-            got = sorted({pcpu_of(x) for x in r if pcpu_of(x) != p}, key=str)
-            bad.append(f"vCPU {v} pinned to pCPU {p}: {wrong} of {len(r)} calls returned {got}")
+            got = sorted({pcpu_of(x) for x in wrong}, key=str)
+            if len(set(wrong)) == 1:
+                x = wrong[0]
+                what = (f"{x}, its vCPU id," if pcpu_of(x) == int(v) else str(x) if pcpu_of(x) is not None
+                        else f"{describe_ret(x)} ({x & 0xFFFFFFFFFFFFFFFF:#x}),")
+                bad.append(f"pinned vCPU {v} answered {what} not pCPU {p} ({len(wrong)} of {len(r)} calls)")
+            else:
+                bad.append(f"vCPU {v} pinned to pCPU {p}: {len(wrong)} of {len(r)} calls returned {got}")
     if bad:
         return _result(NOT_MET, "; ".join(bad))
     pins = ", ".join(f"vCPU {v} -> {p}" for v, p in sorted(sc["pin"].items()) if str(v) in rets)

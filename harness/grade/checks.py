@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..trace import classify_ret
+from ..trace import RET_NOT_SUPPORTED, classify_ret
+from . import flags
 from .pairing import HI_TAG, CallId, PairingResult
 from .rubric import CHECKS, Rubric
 
@@ -29,6 +30,11 @@ class Check:
     # a SKIP that is the machine's doing (no migration happened, L1's trace lost events):
     # its points are withheld and the row is flagged for a regrade, never counted as lost
     inconclusive: bool = False
+    # set when the part does not exist (no hypercall / no syscall was added): the check is
+    # shown as it came out, and earns nothing; the text says why
+    gated: str = ""
+    # what the check found, as flags.WORDS names it (grades.csv's words; the rubric's caps)
+    finding: str = ""
 
     @property
     def category(self) -> Optional[str]:
@@ -41,7 +47,8 @@ class Check:
     def to_dict(self) -> dict:
         return {"id": self.id, "category": self.category, "title": self.title, "status": self.status,
                 "reason": self.reason, "evidence": self.evidence, "points": self.points, "max": self.max_points,
-                **({"inconclusive": True} if self.inconclusive else {})}
+                **({"inconclusive": True} if self.inconclusive else {}),
+                **({"gated": self.gated} if self.gated else {}), **({"finding": self.finding} if self.finding else {})}
 
 
 def signed(x: int) -> int:
@@ -99,13 +106,45 @@ def kernel_lines(summary: dict, where: str) -> List[str]:
     return [f["line"] for f in summary.get("kernel_log_findings", []) or [] if f.get("where", "").startswith(where)]
 
 
+PREFIX = {"preempt-leak": "preemption left disabled: ", "smp-preemptible": "preemption bug: ",
+          "sleep-in-atomic": "sleeping in atomic context: ", "oops": "kernel crash: "}
+
+
 def name_bug(lines: List[str]) -> str:
-    text = " ".join(lines)
-    if re.search(r"smp_processor_id\(\) in preemptible|scheduling while atomic|preempt", text):
-        return "preemption bug: "
-    if "sleeping function called from invalid context" in text:
-        return "sleeping in atomic context: "
-    return ""
+    return PREFIX.get(flags.bug_kind(lines) or "", "")
+
+
+def clean_check(cid: str, lines: List[str], clean: str) -> Check:
+    """hc.kernel_clean / sc.kernel_clean: the kernel's error lines, named."""
+    if not lines:
+        return Check(cid, PASS, clean)
+    return Check(cid, FAIL, name_bug(lines) + lines[0], lines[:5], finding=flags.bug_kind(lines) or "")
+
+
+# the checks a part earns only when it exists ("builds, boots, clean")
+EXISTENCE_GATED = {"hypercall": ("hc.builds", "hc.l1_nvhe", "hc.l2_vcpus", "hc.kernel_clean"),
+                   "syscall": ("sc.builds", "sc.kernel_clean")}
+
+
+def gate(out: Dict[str, Check], part: str, why: str, finding: str, proof: Optional[str] = None) -> None:
+    """The part does not exist: its build/boot/clean checks are shown with 0 points, and
+    the check that proves it (``proof``) carries the finding."""
+    for cid in EXISTENCE_GATED[part]:
+        if cid in out:
+            out[cid].gated = why
+    proof = proof or {"hypercall": "hc.range", "syscall": "sc.number"}[part]
+    if proof in out:
+        out[proof].finding = finding
+
+
+def hypercall_absent(rets: List[int]) -> str:
+    """Why the host has no host_cpuid, or "": every answer is what an unpatched kernel
+    gives an unknown call (NOT_SUPPORTED: 64-bit -1 from 5.4's PSCI and 6.1's filter, or
+    0xFFFFFFFF from the SMCCC arch path)."""
+    if not rets or any(classify_ret(signed(r))[0] != RET_NOT_SUPPORTED for r in rets):
+        return ""
+    return (f"no hypercall was added: the host answered all {len(rets)} calls of the grading guest with "
+            f"NOT_SUPPORTED ({describe_values(rets, 2)}), as an unpatched kernel does")
 
 
 def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, int], why_not: str = "") -> Dict[str, Check]:
@@ -117,7 +156,7 @@ def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, 
         out = _failure_checks(res, ids, "hc.builds", ["hc.l1_nvhe", "hc.l2_vcpus"])
         lines = kernel_lines(res.summary, "l1")
         if lines and "hc.kernel_clean" in out and out["hc.kernel_clean"].status == SKIP:
-            out["hc.kernel_clean"] = Check("hc.kernel_clean", FAIL, name_bug(lines) + lines[0], lines[:5])
+            out["hc.kernel_clean"] = clean_check("hc.kernel_clean", lines, "")
         return out
     s = res.summary
     out = {"hc.builds": Check("hc.builds", PASS, "host kernel built",
@@ -171,10 +210,10 @@ def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, 
         out["hc.pinned"] = Check("hc.pinned", FAIL if fails else PASS,
                                  "; ".join(fails) if fails else "each pinned vCPU answered its pCPU on every call", ev)
     out.setdefault("hc.ground_truth", ground_truth_check(scen.get("loaded")))
-    lines = kernel_lines(s, "l1")
-    out["hc.kernel_clean"] = Check("hc.kernel_clean", FAIL if lines else PASS,
-                                   (name_bug(lines) + lines[0]) if lines else "no BUG:/WARNING:/Oops in L1",
-                                   lines[:5])
+    out["hc.kernel_clean"] = clean_check("hc.kernel_clean", kernel_lines(s, "l1"), "no BUG:/WARNING:/Oops in L1")
+    absent = hypercall_absent(allrets)
+    if absent:
+        gate(out, "hypercall", absent, "no-hypercall")
     return out
 
 
@@ -266,7 +305,7 @@ def syscall_checks(res: Optional[PairingResult], syscall_nr: int, pin: Dict[int,
         out = _failure_checks(res, ids, "sc.builds", ["sc.number"])
         lines = kernel_lines(res.summary, "l2")
         if lines and out.get("sc.kernel_clean", Check("", SKIP, "")).status == SKIP:
-            out["sc.kernel_clean"] = Check("sc.kernel_clean", FAIL, lines[0], lines[:5])
+            out["sc.kernel_clean"] = clean_check("sc.kernel_clean", lines, "")
         return out
     s = res.summary
     out = {"sc.builds": Check("sc.builds", PASS, "guest kernel built",
@@ -291,9 +330,10 @@ def syscall_checks(res: Optional[PairingResult], syscall_nr: int, pin: Dict[int,
     else:
         out["sc.one_hvc"] = one_hvc_check(s, cid)
         out["sc.value"] = value_check(res, pin)
-    lines = kernel_lines(s, "l2")
-    out["sc.kernel_clean"] = Check("sc.kernel_clean", FAIL if lines else PASS,
-                                   lines[0] if lines else "no kernel error lines in L2", lines[:5])
+    out["sc.kernel_clean"] = clean_check("sc.kernel_clean", kernel_lines(s, "l2"), "no kernel error lines in L2")
+    if samples and nsys == samples:
+        gate(out, "syscall", f"no syscall was added: syscall {syscall_nr} returned -ENOSYS on all {samples} calls, "
+                             "as on an unpatched kernel", "no-syscall")
     return out
 
 
@@ -375,19 +415,37 @@ def report_check(info) -> Check:
 
 
 def score(checks: Dict[str, Check], rubric: Rubric) -> Dict[str, dict]:
-    """Points per category; the manual share is reserved (None until a human grades it)."""
+    """Points per category; the manual share is reserved (None until a human grades it).
+    A check of a part that does not exist (``gated``) earns nothing; a serious finding the
+    rubric caps (``caps``) limits its part's points."""
     out = {}
     for name, cat in rubric.categories.items():
         got = 0.0
+        reason = ""
         for cid in cat.checks:
             c = checks.get(cid)
             if c is None:
                 continue
             c.max_points = cat.checks[cid]
-            c.points = c.max_points if c.status == PASS else 0.0
+            c.points = c.max_points if c.status == PASS and not c.gated else 0.0
             got += c.points
+            reason = reason or c.gated
+        capped = None
+        for cid in cat.checks:
+            c = checks.get(cid)
+            if c is not None and c.status == FAIL and c.finding in cat.caps and got > cat.caps[c.finding] and \
+                    (capped is None or cat.caps[c.finding] < capped["at"]):
+                capped = {"at": cat.caps[c.finding], "by": c.finding, "check": cid, "before": got}
+        if capped:
+            got = capped["at"]
+            reason = reason or (f"capped at {capped['at']:g} of {cat.total:g} ({capped['check']}: "
+                                f"{flags.WORDS.get(capped['by'], capped['by'])}; the checks alone give "
+                                f"{capped['before']:g})")
         skipped = sum(cat.checks[c] for c in cat.checks if checks.get(c) and checks[c].status == SKIP)
-        withheld = [c for c in cat.checks if checks.get(c) and checks[c].status == SKIP and checks[c].inconclusive]
+        # (a part that does not exist has nothing to regrade)
+        withheld = [c for c in cat.checks if checks.get(c) and checks[c].status == SKIP and checks[c].inconclusive
+                    and not any(checks[g].gated for g in cat.checks if g in checks)]
         out[name] = {"points": got, "max": cat.total, "manual_reserved": cat.manual, "skipped_points": skipped,
-                     "inconclusive_points": sum(cat.checks[c] for c in withheld), "inconclusive": withheld}
+                     "inconclusive_points": sum(cat.checks[c] for c in withheld), "inconclusive": withheld,
+                     **({"reason": reason} if reason else {}), **({"capped": capped} if capped else {})}
     return out

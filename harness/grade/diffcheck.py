@@ -34,6 +34,7 @@ _INDEX = re.compile(r"^index ([0-9a-f]{7,40})\.\.([0-9a-f]{7,40})")
 class DiffReport:
     role: str                                   # "host" (kvm.patch) or "guest" (vm.patch)
     ok: bool = True                             # parseable as a unified diff
+    empty: bool = False                         # no bytes but white space: no change to the kernel
     why: str = ""
     flags: List[str] = field(default_factory=list)
     strip: int = 1
@@ -192,6 +193,9 @@ def check(data: Optional[bytes], role: str, tree: Optional[Path] = None) -> Diff
         rep.flags.append("CRLF line endings (converted to LF)")
         data = data.replace(b"\r\n", b"\n")
     text = data.decode("utf-8", "replace")
+    if not text.strip():
+        rep.ok, rep.empty, rep.why = False, True, "empty (no change to the kernel)"
+        return rep
     paths = _paths(text)
     if not paths and "diff --git" not in text:
         rep.ok, rep.why = False, "not a unified diff (no ---/+++ file headers); make it with `git diff > file.patch`"

@@ -98,7 +98,7 @@ def grade(path: Path, sub_id: str, ctx: Context) -> dict:
         results["problems"].append(f"report.pdf: {report.why}")
     for role, name in (("host", "kvm.patch"), ("guest", "vm.patch")):
         why = _unusable(diffs[role], name)
-        if why and sub.member(name) is not None:
+        if why and sub.member(name) is not None and not diffs[role].empty:  # (an empty one is flagged in words)
             results["problems"].append(why)
     pin = next((sc.pin for sc in ctx.base.scenarios if sc.pin), {})
     l1_cpus = ctx.base.l1.cpus
@@ -126,6 +126,10 @@ def grade(path: Path, sub_id: str, ctx: Context) -> dict:
             if why:
                 checks[first] = chk.Check(first, chk.FAIL, why)
     checks["rp.valid"] = chk.report_check(report)
+    for role, part, name, finding in (("host", "hypercall", "kvm.patch", "empty-kvm"),
+                                      ("guest", "syscall", "vm.patch", "empty-vm")):
+        if diffs[role].empty:
+            chk.gate(checks, part, f"no {part} was added: {name} is empty", finding, proof=chk.EXISTENCE_GATED[part][0])
     results["scores"] = chk.score(checks, ctx.rubric)
     results["checks"] = [c.to_dict() for c in checks.values()]
     results["learned"] = learned

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List
 from xml.etree import ElementTree as ET
 
+from . import flags as flagwords
 from .rubric import Rubric
 
 CSV_COLUMNS = ["submission", "hypercall", "syscall", "report", "total", "flags"]
@@ -30,12 +31,13 @@ def row(results: dict) -> Dict[str, str]:
                 "flags": "; ".join([f"NOT GRADED ({results.get('status')}): {results.get('error', '')}"] + flags)}
     if results.get("mode") == "static":
         return {"submission": results["id"], "hypercall": "", "syscall": "", "report": "", "total": "",
-                "flags": "; ".join(["static only: not built or booted"] + flags)}
+                "flags": "; ".join(["static only: not built or booted"] + flagwords.words(results) + flags)}
     withheld = [c for cat in ("hypercall", "syscall") for c in (sc.get(cat) or {}).get("inconclusive", [])]
     if withheld:
         pts = sum((sc.get(cat) or {}).get("inconclusive_points", 0) for cat in ("hypercall", "syscall"))
         flags.insert(0, f"INCONCLUSIVE (the machine's, not the student's): {', '.join(withheld)} "
                         f"({_fmt(float(pts))} points withheld); rerun the batch to regrade")
+    flags[:0] = flagwords.words(results)
     failed = [c["id"] for c in results.get("checks", []) if c["status"] == "FAIL" and c.get("category")]
     if failed:
         flags.append("failed: " + ", ".join(failed))
@@ -81,7 +83,8 @@ def markdown(results: dict, rubric: Rubric) -> str:
         manual = f" (+ {s.get('manual_reserved'):g} graded by a human)" if s.get("manual_reserved") else ""
         withheld = (f"; {_fmt(float(s['inconclusive_points']))} withheld, inconclusive: {', '.join(s['inconclusive'])}"
                     if s.get("inconclusive") else "")
-        out.append(f"- **{cat}**: {_fmt(s.get('points'))} / {_fmt(s.get('max'))}{manual}{withheld}")
+        why = f": {s['reason']}" if s.get("reason") else ""
+        out.append(f"- **{cat}**: {_fmt(s.get('points'))} / {_fmt(s.get('max'))}{manual}{withheld}{why}")
     out += ["", f"Profile {r.get('profile')} (syscall {r.get('syscall_nr')}); learned: "
             + (json.dumps(r.get("learned")) if r.get("learned") else "nothing (no pairing ran)"), ""]
     if r.get("flags") or r.get("problems"):
@@ -91,7 +94,8 @@ def markdown(results: dict, rubric: Rubric) -> str:
         out += [f"## For a human to read: {f['member']} {f['why']} ({f['file']})", "", "```diff", f["hunk"], "```", ""]
     out += ["## Checks", "", "| check | status | points | reason |", "|---|---|---|---|"]
     for c in r.get("checks", []):
-        out.append(f"| {c['id']} | {c['status']} | {_fmt(c['points'])}/{_fmt(c['max'])} | "
+        gated = " (0: the part does not exist)" if c.get("gated") else ""
+        out.append(f"| {c['id']} | {c['status']} | {_fmt(c['points'])}/{_fmt(c['max'])}{gated} | "
                    f"{c['reason'].replace('|', '/')[:300]} |")
     out.append("")
     for c in r.get("checks", []):
@@ -147,6 +151,9 @@ def _status_cell(results: dict, cat: str) -> str:
             cells.append(f'<span class="{cls}" title="{tip}">{c["id"].split(".", 1)[1]}</span>')
     why = [f'<li>{html.escape(c["id"].split(".", 1)[1])}: {html.escape(c["reason"][:180])}</li>'
            for c in results.get("checks", []) if c["category"] == cat and (c["status"] == "FAIL" or c.get("inconclusive"))]
+    part = ((results.get("scores") or {}).get(cat) or {}).get("reason")
+    if part:
+        why.insert(0, f"<li><b>{html.escape(part[:200])}</b></li>")
     return " ".join(cells) + (f'<ul class=why>{"".join(why)}</ul>' if why else "")
 
 

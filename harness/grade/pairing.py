@@ -13,7 +13,6 @@ in the answer's upper half.  Without them they behave as the reference.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -27,13 +26,6 @@ from ..trace import read_trace
 
 Progress = Callable[[str], None]
 HI_TAG = 0x5A5A          # the grading host's upper 32 bits in pairing "syscall"
-# function IDs that are not host_cpuid: SMCCC arch calls, the standard secure services
-# (PSCI, and TRNG: a 6.1 guest seeds its RNG with TRNG_RND64 = 0xc4000053), the standard
-# hypervisor services (paravirtualised time), KVM's own vendor calls
-STANDARD_RANGES = ((0x80000000, 0x8000FFFF), (0x84000000, 0x8400FFFF), (0xC4000000, 0xC400FFFF),
-                   (0x85000000, 0x8500FFFF), (0xC5000000, 0xC500FFFF),
-                   (0x86000000, 0x86000000), (0xC6000000, 0xC6000001))
-LEARN_MIN = 0.5   # a call ID is learned from the trace only when issued at least this often per call
 
 
 VERDICT_TEXT = {
@@ -117,10 +109,9 @@ def recheck(r: PairingResult, cid: CallId) -> None:
     from them (a student's own function ID or immediate)."""
     if r.run_dir and r.summary.get("scenarios"):
         key = groundtruth.CallKey(func_id=cid.func, imm=cid.imm)
-        groundtruth.recheck_run(Path(r.run_dir), r.summary, key)
         # the run judged its trace with the reference's ID: its verdict changes with the key
         before = r.summary.get("verdict")
-        run.rejudge(r.summary)
+        run.recheck(Path(r.run_dir), r.summary, key)
         r.summary["verdict_text"] = VERDICT_TEXT.get(r.summary["verdict"], r.summary["verdict"])
         r.summary["recheck"] = {"call_key": key.describe(), "source": cid.source, "verdict_before": before}
         (Path(r.run_dir) / "summary.json").write_text(json.dumps(r.summary, indent=1, default=str))
@@ -185,33 +176,15 @@ def read_rets(run_dir: Path, summary: dict) -> Dict[str, Dict[str, List[int]]]:
     return out
 
 
-def is_standard(func: int) -> bool:
-    return any(lo <= func <= hi for lo, hi in STANDARD_RANGES)
-
-
 def issued_from_trace(summary: dict) -> Optional[Tuple[CallId, int]]:
-    """The (function ID, immediate) the guest's workload issued, from L1's trace of
-    kvm_hvc_arm64 (scenario["hvc_calls"]): the most frequent non-standard one, if it was
-    issued about once per call or more (a guest that never issues its hypercall must
-    not teach the grader some HVC the kernel made twice at boot)."""
-    counts: Counter = Counter()
-    seen = False
-    samples = 0
-    for sc in summary.get("scenarios", []) or []:
-        if "hvc_calls" not in sc:
-            continue
-        seen = True
-        samples += sum(int(st.get("samples") or 0) for st in (sc.get("per_vcpu") or {}).values())
-        for c in sc["hvc_calls"]:
-            f = int(str(c.get("func_id")), 0)
-            if not is_standard(f):
-                counts[(f, int(c.get("imm", 0)))] += int(c.get("count", 0))
-    if not seen or not counts:
+    """The (function ID, immediate) the guest's workload issued, from L1's trace
+    (groundtruth.issued_key: the most frequent non-standard one, issued about once per
+    call or more), as a CallId."""
+    t = groundtruth.issued_key(summary)
+    if t is None:
         return None
-    (f, imm), n = counts.most_common(1)[0]
-    if n < LEARN_MIN * samples:
-        return None
-    return CallId(f, imm, "L1 trace"), n
+    key, n = t
+    return CallId(key.func_id, key.imm, "L1 trace"), n
 
 
 def hvc_count(summary: dict, cid: CallId) -> Optional[int]:

@@ -11,6 +11,7 @@ import yaml
 
 from ..config import REPO
 from .errors import RubricError
+from .flags import SERIOUS
 
 DEFAULT = REPO / "configs" / "hw2-rubric.yaml"
 CATEGORIES = ("hypercall", "syscall", "report")
@@ -39,6 +40,8 @@ class Category:
     total: float
     manual: float = 0.0
     checks: Dict[str, float] = field(default_factory=dict)
+    # finding (flags.SERIOUS) -> the most the category earns when one of its checks finds it
+    caps: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,9 +81,9 @@ def from_dict(data, source: str = "") -> Rubric:
         key = f"categories.{name}"
         if not isinstance(c, dict):
             raise RubricError(f"{where}{key}: expected a mapping")
-        bad = set(c) - {"total", "manual", "checks"}
+        bad = set(c) - {"total", "manual", "checks", "caps"}
         if bad:
-            raise RubricError(f"{where}unknown key {key}.{sorted(bad)[0]} (allowed: checks, manual, total)")
+            raise RubricError(f"{where}unknown key {key}.{sorted(bad)[0]} (allowed: caps, checks, manual, total)")
         if "total" not in c:
             raise RubricError(f"{where}{key}.total: required")
         checks = c.get("checks") or {}
@@ -99,6 +102,16 @@ def from_dict(data, source: str = "") -> Rubric:
         if abs(got - cat.total) > 1e-9:
             raise RubricError(f"{where}{key}: checks ({sum(cat.checks.values()):g}) + manual ({cat.manual:g}) "
                               f"= {got:g}, not the total {cat.total:g}")
+        caps = c.get("caps") or {}
+        if not isinstance(caps, dict):
+            raise RubricError(f"{where}{key}.caps: expected a mapping of finding -> most points")
+        for finding, most in caps.items():
+            if finding not in SERIOUS:
+                raise RubricError(f"{where}{key}.caps.{finding}: not a finding that caps a part "
+                                  f"(known: {', '.join(SERIOUS)})")
+            cat.caps[finding] = _num(most, f"{where}{key}.caps.{finding}")
+            if cat.caps[finding] > cat.total:
+                raise RubricError(f"{where}{key}.caps.{finding}: {most} is more than the total {cat.total:g}")
         out[name] = cat
     info = data.get("informational") or []
     if not isinstance(info, list) or any(i not in CHECKS or CHECKS[i][0] is not None for i in info):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness import config
-from harness.grade import batch, rubric
+from harness.grade import batch, outputs, rubric
 from tests.grade.conftest import grading_source
 from tests.grade.fixtures import fixtures, make_zip
 
@@ -50,6 +50,16 @@ def assert_expected(f, r):
     why = json.dumps({k: (c["status"], c["reason"]) for k, c in checks.items()}, indent=1)
     for cid in f.expect.get("fails", []):
         assert checks[cid]["status"] == "FAIL", f"{f.name}: {cid} should FAIL\n{why}"
+    for cid in f.expect.get("gated", []):
+        # shown as it came out, 0 points: the part does not exist
+        assert checks[cid]["points"] == 0 and checks[cid].get("gated"), f"{f.name}: {cid} should earn 0\n{why}"
+    flags = outputs.row(r)["flags"]
+    if "flag" in f.expect:
+        assert f.expect["flag"] in flags, f"{f.name}: flags {flags!r}\n{why}"
+    if "no_flag" in f.expect:
+        assert f.expect["no_flag"] not in flags, f"{f.name}: flags {flags!r}\n{why}"
+    if "hypercall_at_most" in f.expect:
+        assert scores["hypercall"]["points"] <= f.expect["hypercall_at_most"], f"{f.name}: {scores['hypercall']}\n{why}"
     for cat in ("hypercall", "syscall"):
         if cat in f.expect:
             # a SKIP because a prerequisite failed is lost; one the machine caused (no migration in
@@ -73,6 +83,29 @@ def test_grade_representative(tmp_path):
     assert [f.name for f in chosen] == ["good-id8", "bad-vcpuid", "bad-nohvc"]
     for f in chosen:
         assert_expected(f, res[f.name])
+
+
+# parts that do not exist earn nothing; a constant keeps its build points; a leaked preempt
+# count is flagged and capped.  One batch: the students' kernels are built once each
+EXISTENCE = ["bad-const", "bad-fallthrough", "bad-preempt", "empty-kvm", "empty-vm"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kernel", ["default", "5.4"])
+def test_grade_parts_that_do_not_exist(tmp_path, kernel):
+    if kernel == "5.4":
+        tree = os.environ.get("KVM_HARNESS_KERNEL_TREE")
+        if not tree:
+            pytest.skip("set KVM_HARNESS_KERNEL_TREE to a v5.4 tree to grade the 5.4 fixtures")
+        chosen, res = grade_set(tmp_path, "5.4", lambda f: f.name in EXISTENCE, Path(tree))
+    else:
+        tarball, profile = grading_source()
+        chosen, res = grade_set(tmp_path, profile, lambda f: f.name in EXISTENCE, tarball=tarball)
+    assert sorted(f.name for f in chosen) == EXISTENCE
+    for f in chosen:
+        assert_expected(f, res[f.name])
+    rows = (tmp_path / "out" / "grades.csv").read_text()
+    assert "preemption left disabled in L1" in rows and "no hypercall (answers like an unpatched kernel)" in rows
 
 
 @pytest.mark.grade_full

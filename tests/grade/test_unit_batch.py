@@ -35,8 +35,11 @@ def test_static_batch_outputs(inbox, tmp_path):
     rows = list(csv.DictReader(open(out / "grades.csv")))
     assert [r for r in rows[0]] == ["submission", "hypercall", "syscall", "report", "total", "flags"]
     ids = {r["submission"] for r in rows}
-    assert {"good-id8", "bad-apply", "slip", "bomb", "Group7-HW2"} <= ids and len(rows) == len(res) == 20
+    assert {"good-id8", "bad-apply", "slip", "bomb", "Group7-HW2"} <= ids and len(rows) == len(res) == 22
     by = {r["submission"]: r for r in rows}
+    # an empty patch is no part, known without building anything
+    assert "no hypercall (kvm.patch is empty)" in by["empty-kvm"]["flags"]
+    assert "no syscall (vm.patch is empty)" in by["empty-vm"]["flags"] and "no hypercall" not in by["empty-vm"]["flags"]
     assert "archive refused" in by["slip"]["flags"] and "zip bomb" in by["bomb"]["flags"]
     assert "is not <group_id>_hw2.zip" in by["Group7-HW2"]["flags"]
     r = json.loads((out / "submissions" / "notpdf" / "results.json").read_text())
@@ -67,9 +70,9 @@ def test_shards_partition_and_merge(inbox, tmp_path):
         batch.grade_batch([inbox], ctx(o), shard=(i, 3))
         outs.append(o)
     per = [set(p.name for p in (o / "submissions").iterdir()) for o in outs]
-    assert sum(map(len, per)) == 20 and not (per[0] & per[1]) and not (per[1] & per[2])
+    assert sum(map(len, per)) == 22 and not (per[0] & per[1]) and not (per[1] & per[2])
     merged = batch.merge(outs, tmp_path / "m")
-    assert len(merged) == 20 and len(list(csv.DictReader(open(tmp_path / "m" / "grades.csv")))) == 20
+    assert len(merged) == 22 and len(list(csv.DictReader(open(tmp_path / "m" / "grades.csv")))) == 22
 
 
 @pytest.mark.parametrize("profile", ["6.12", "6.1"])

@@ -5,7 +5,7 @@ import yaml
 from harness import groundtruth
 from harness.grade import checks as chk
 from harness.groundtruth import CallKey, HostTrace, Hvc
-from harness.grade import rubric, similarity
+from harness.grade import flags, outputs, rubric, similarity
 from harness.grade.errors import RubricError
 from harness.grade.pairing import HI_TAG, CallId, PairingResult, issued_from_trace
 from tests.grade.fixtures import fixtures, ref
@@ -269,3 +269,129 @@ def test_recheck_with_the_learned_id_redoes_the_verdict(tmp_path):
     assert s["verdict"] == "ok" and s["recheck"]["verdict_before"] == "hvc-mismatch"
     assert s["scenarios"][0]["per_vcpu"]["0"]["verdict"] == "ok"
     assert json.loads((d / "summary.json").read_text())["verdict"] == "ok"
+
+
+def l1_finding(line):
+    return {"where": "l1-console", "signature": "bug", "line": line}
+
+
+def ran(rets, findings=(), l2=False):
+    """A pairing that ran to the end: pinned and loaded scenarios, kernel lines of L1 (or L2)."""
+    s = {"scenarios": [{"name": n, "per_vcpu": {v: {"observed_vcpus": [int(v)]} for v in r}} for n, r in rets.items()],
+         "timings": {"l1_ssh_s": 2},
+         "kernel_log_findings": [dict(f, where="l2-console") if l2 else f for f in findings]}
+    return result(rets, summary=s)
+
+
+@pytest.mark.parametrize("nsup", [(1 << 64) - 1, 0xFFFFFFFF], ids=["64-bit -1 (PSCI, 6.1's filter)", "0xFFFFFFFF (SMCCC arch)"])
+def test_host_answering_like_an_unpatched_kernel_earns_no_build_points(nsup):
+    c = chk.hypercall_checks(ran({"pinned": {"0": [nsup] * 5, "1": [nsup] * 5}, "loaded": {"0": [nsup] * 9}}), 4, PIN)
+    for cid in chk.EXISTENCE_GATED["hypercall"]:
+        assert c[cid].status == "PASS" and c[cid].gated.startswith("no hypercall was added"), cid
+    assert c["hc.range"].finding == "no-hypercall"
+    sc = chk.score(c, rubric.load())["hypercall"]
+    assert sc["points"] == 0 and sc["reason"].startswith("no hypercall was added: the host answered all 19 calls")
+    assert all(c[cid].points == 0 and c[cid].max_points > 0 for cid in chk.EXISTENCE_GATED["hypercall"])
+    row = outputs.row(graded(c))
+    assert row["hypercall"] == "0" and row["flags"].startswith("no hypercall (answers like an unpatched kernel)")
+    md = outputs.markdown(graded(c), rubric.load())
+    assert "**hypercall**: 0 / 40: no hypercall was added" in md and "(0: the part does not exist)" in md
+
+
+def graded(checks, **extra):
+    cs = dict(checks)
+    return {"id": "s1", "status": "graded", "mode": "full", "scores": chk.score(cs, rubric.load()),
+            "checks": [x.to_dict() for x in cs.values()], **extra}
+
+
+def test_host_answering_a_constant_keeps_its_build_points_and_one_real_answer_is_enough():
+    c = chk.hypercall_checks(ran({"pinned": {"0": [1] * 5, "1": [1] * 5}}), 4, PIN)
+    assert not any(x.gated for x in c.values())
+    assert chk.score(c, rubric.load())["hypercall"]["points"] == 5 + 3 + 2 + 8 + 4   # pinned FAIL, gt not recorded
+    assert "no hypercall" not in outputs.row(graded(c))["flags"]
+    mixed = chk.hypercall_checks(ran({"pinned": {"0": [(1 << 64) - 1] * 4 + [3], "1": [(1 << 64) - 1] * 5}}), 4, PIN)
+    assert not any(x.gated for x in mixed.values())
+
+
+def test_enosys_syscall_earns_no_build_points():
+    e = (1 << 64) - 38
+    c = chk.syscall_checks(ran({"pinned": {"0": [e] * 4, "1": [e] * 4}}), 451, PIN, None, {})
+    assert c["sc.number"].status == "FAIL" and c["sc.number"].finding == "no-syscall"
+    assert c["sc.builds"].status == "PASS" and c["sc.builds"].gated.startswith("no syscall was added: syscall 451")
+    sc = chk.score(c, rubric.load())["syscall"]
+    assert sc["points"] == 0 and "-ENOSYS on all 8 calls" in sc["reason"]
+    assert outputs.row(graded(c))["flags"].startswith("no syscall (-ENOSYS, as on an unpatched kernel)")
+    # a syscall that exists but never issues the hypercall keeps them
+    c = chk.syscall_checks(ran({"pinned": {"0": [3] * 4, "1": [2] * 4}}), 451, PIN, None, {})
+    assert not any(x.gated for x in c.values())
+
+
+def test_empty_patches_are_no_part():
+    from harness.grade import diffcheck
+
+    for data in (b"", b"\n  \n"):
+        d = diffcheck.check(data, "host")
+        assert d.empty and not d.ok and d.why == "empty (no change to the kernel)"
+    assert not diffcheck.check(b"hello\n", "host").empty
+    c = chk.hypercall_checks(None, 4, PIN, "kvm.patch: empty (no change to the kernel)")
+    chk.gate(c, "hypercall", "no hypercall was added: kvm.patch is empty", "empty-kvm", proof="hc.builds")
+    sc = chk.score(c, rubric.load())["hypercall"]
+    assert sc["points"] == 0 and sc["reason"] == "no hypercall was added: kvm.patch is empty"
+    assert outputs.row(graded(c))["flags"].startswith("no hypercall (kvm.patch is empty)")
+
+
+@pytest.mark.parametrize("line,kind,words", [
+    ("BUG: scheduling while atomic: CPU 0/KVM/143/0x00000002", "preempt-leak", "preemption left disabled"),
+    ("note: CPU 0/KVM[143] exited with preempt_count 1", "preempt-leak", "preemption left disabled"),
+    # what 6.1's L1 printed first for the bad-preempt fixture (the count near its 8-bit limit)
+    ("[   78.433437] WARNING: CPU: 3 PID: 84 at preempt_count_add+0xac/0xbc", "preempt-leak", "preemption left disabled"),
+    ("BUG: using smp_processor_id() in preemptible [00000000] code: CPU 0/KVM/143", "smp-preemptible",
+     "preemption bug (smp_processor_id in preemptible code)"),
+    ("BUG: sleeping function called from invalid context at kernel/locking/mutex.c:283", "sleep-in-atomic",
+     "sleeps in atomic context"),
+    ("Internal error: Oops: 96000004 [#1] PREEMPT SMP", "oops", "kernel crash (Oops)"),
+    ("WARNING: CPU: 1 PID: 143 at arch/arm64/kvm/arm.c:1000 kvm_arch_vcpu_ioctl_run", "kernel-warning", "kernel warnings"),
+])
+def test_kernel_lines_named_in_words(line, kind, words):
+    assert flags.bug_kind([line]) == kind
+    c = chk.hypercall_checks(ran({"pinned": {"0": [3] * 5, "1": [2] * 5}}, [l1_finding(line)]), 4, PIN)
+    assert c["hc.kernel_clean"].status == "FAIL" and c["hc.kernel_clean"].finding == kind
+    assert outputs.row(graded(c))["flags"].startswith(words + (" in L1" if kind in flags.SERIOUS +
+                                                               ("smp-preemptible",) else ""))
+
+
+def test_a_leaked_preempt_count_caps_the_part_well_below_full():
+    r = rubric.load()
+    good = {"pinned": {"0": [3] * 5, "1": [2] * 5}}
+    c = chk.hypercall_checks(ran(good, [l1_finding("BUG: scheduling while atomic: CPU 0/KVM/143/0x00000002")]), 4, PIN)
+    for cid in ("hc.ground_truth",):   # as if L1's trace agreed: only the kernel's lines are wrong
+        c[cid] = chk.Check(cid, "PASS", "agrees")
+    sc = chk.score(c, r)["hypercall"]
+    assert sc["points"] == 20 and sc["capped"] == {"at": 20, "by": "preempt-leak", "check": "hc.kernel_clean",
+                                                    "before": 36}
+    assert "capped at 20 of 40" in sc["reason"] and "preemption left disabled" in sc["reason"]
+    assert c["hc.kernel_clean"].reason.startswith("preemption left disabled: BUG: scheduling while atomic")
+    row = outputs.row(graded(c))
+    assert row["hypercall"] == "20" and row["flags"].startswith("preemption left disabled in L1; hypercall capped at 20")
+    # smp_processor_id() in preemptible code: the 4 kernel-clean points, no cap
+    c = chk.hypercall_checks(ran(good, [l1_finding("BUG: using smp_processor_id() in preemptible [00000000] code")]),
+                             4, PIN)
+    c["hc.ground_truth"] = chk.Check("hc.ground_truth", "PASS", "agrees")
+    assert chk.score(c, r)["hypercall"]["points"] == 36 and "capped" not in chk.score(c, r)["hypercall"]
+    # the same leak in the guest's syscall caps the syscall part
+    rets = {"pinned": {"0": [(HI_TAG << 32) | 3] * 4, "1": [(HI_TAG << 32) | 2] * 4}}
+    c = chk.syscall_checks(ran(rets, [l1_finding("BUG: scheduling while atomic: host_cpuid/99/0x00000002")], l2=True),
+                           451, PIN, CallId(8, None, "t"), {})
+    c["sc.one_hvc"] = chk.Check("sc.one_hvc", "PASS", "one")
+    assert chk.score(c, r)["syscall"]["points"] == 20
+
+
+@pytest.mark.parametrize("caps,msg", [({"bogus": 1}, "caps.bogus: not a finding that caps a part"),
+                                      ({"preempt-leak": 41}, "more than the total 40"),
+                                      ({"preempt-leak": "half"}, "expected a number")])
+def test_rubric_caps_validated(caps, msg):
+    data = yaml.safe_load(rubric.DEFAULT.read_text())
+    data["categories"]["hypercall"]["caps"] = caps
+    with pytest.raises(RubricError, match=msg):
+        rubric.from_dict(data, "r.yaml")
+    assert rubric.load().categories["hypercall"].caps["preempt-leak"] == 20

@@ -63,6 +63,7 @@ def test_finding_without_timestamp_is_kept_whole():
     ("[ 30.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:", "rcu-stall", False),
     ("[ 40.0] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [sh:77]", "bug", False),
     ("[ 41.0] Watchdog detected hard LOCKUP on cpu 2", "lockup", False),
+    ("[ 50.0] note: CPU 0/KVM[143] exited with preempt_count 1", "preempt-leak", False),
 ])
 def test_signatures(line, sig, fatal):
     f = scan(line)

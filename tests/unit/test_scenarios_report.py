@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import analysis, experiment, groundtruth, report, scenarios
+from harness import analysis, experiment, groundtruth, report, run, scenarios
 from harness import trace as tr
 from harness.errors import ConfigError
 from harness.groundtruth import CallKey
@@ -200,3 +200,51 @@ def test_the_report_reads_the_collected_file_only(tmp_path):
         report.render(run_dir)
     experiment.collect(run_dir)
     assert report.render(run_dir) == run_dir / "report.html" and (run_dir / "report.md").exists()
+
+
+def test_a_patch_pair_with_its_own_function_id_is_learned_from_l1s_trace(tmp_path):
+    """A correct guest issuing 0xC6000042 and a host answering the vCPU id: the configured
+    0xC6000040 never appears in L1's trace, 0xC6000042 once per call: the run is judged
+    again with it, says so, and the reason leads with what the pinned vCPUs answered."""
+    own = 0xC6000042
+    lines = [hvc(1.0 + i * 0.05, 3, pid=T0, r0=own) for i in range(4)] + \
+        [hvc(1.01 + i * 0.05, 2, pid=T1, r0=own) for i in range(4)]
+    sc = make_scenario(tmp_path, "pinned", "pinned", {0: [0] * 4, 1: [1] * 4}, lines, pin={0: 3, 1: 2})
+    sc["hvc_calls"] = groundtruth.hvc_calls(groundtruth.parse(tmp_path / sc["l1_trace"]["file"]), {0: T0, 1: T1})
+    # judged with the configured ID, the trace cannot be matched; the finding comes first all the same
+    assert sc["verdict"] == "not-met"
+    assert sc["reason"].startswith("pinned vCPU 0 answered 0, its vCPU id, not pCPU 3 (4 of 4 calls); "
+                                   "pinned vCPU 1 answered 1, its vCPU id, not pCPU 2 (4 of 4 calls); ground truth: "
+                                   "vCPU 0: 0 HVCs with x0 = 0xc6000040")
+    summary = {"scenarios": [sc], "kernel_log_findings": []}
+    said = []
+    learned = run.learn_call_key(tmp_path, summary, KEY, said.append)
+    assert learned == CallKey(func_id=own, imm=0)
+    assert summary["learned_call_key"]["note"] == "learned func_id 0xc6000042 from L1's trace"
+    assert said and said[0].startswith("learned func_id 0xc6000042 from L1's trace: x0 = 0xc6000040 never appeared")
+    gt = sc["per_vcpu"]["0"]["ground_truth"]
+    assert gt["aligned"] and gt["hvc_events"] == 4 and gt["agreement"] == 0.0
+    assert sc["reason"].startswith("pinned vCPU 0 answered 0, its vCPU id, not pCPU 3 (4 of 4 calls)")
+    assert "0 HVCs" not in sc["reason"] and "4 of 4 calls returned a pCPU other than the one" in sc["reason"]
+    assert sc["reason"].endswith("(learned func_id 0xc6000042 from L1's trace)")
+    assert summary["verdict"] == "wrong-pcpu" and sc["per_vcpu"]["0"]["verdict"] == "wrong-pcpu"
+    # nothing to learn once the key matches, nor from an ID issued once for 4 calls
+    assert run.learn_call_key(tmp_path, summary, learned, said.append) is None
+    sc2 = make_scenario(tmp_path, "p2", "pinned", {0: [3] * 4}, [hvc(1.0, 3, pid=T0, r0=0x57)], pin={0: 3})
+    sc2["hvc_calls"] = [{"vcpu": 0, "func_id": "0x57", "imm": 0, "count": 1}]
+    s2 = {"scenarios": [sc2], "kernel_log_findings": []}
+    assert run.learn_call_key(tmp_path, s2, KEY, said.append) is None and "learned_call_key" not in s2
+
+
+def test_the_learned_id_is_said_in_the_summary_and_experiments_json(tmp_path):
+    own = 0xC6000042
+    sc = make_scenario(tmp_path, "pinned", "pinned", {0: [3] * 4}, [hvc(1.0 + i * 0.05, 3, pid=T0, r0=own)
+                                                                   for i in range(4)], pin={0: 3})
+    sc["hvc_calls"] = [{"vcpu": 0, "func_id": hex(own), "imm": 0, "count": 4}]
+    summary = {"scenarios": [sc], "kernel_log_findings": [], "run_dir": str(tmp_path)}
+    run.learn_call_key(tmp_path, summary, KEY, lambda m: None)
+    assert sc["verdict"] == "met" and summary["verdict"] == "ok"
+    assert analysis.human_summary(summary).startswith("learned func_id 0xc6000042 from L1's trace (x0 = 0xc6000040 "
+                                                      "never appeared; 4 HVCs for 4 calls)")
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert experiment.collect(tmp_path)["learned_call_key"]["func_id"] == "0xc6000042"

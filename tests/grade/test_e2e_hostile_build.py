@@ -5,7 +5,11 @@ adds ``$(info ... $(shell ...))`` lines to arch/arm64/kvm/Makefile probing the m
 (b), the reference again (c).  b's probes meet the sandbox: no /etc/shadow, no batch
 output, no other group's patch, no cached kernels, no network, no write to the shared
 ccache, an unprivileged uid; b is flagged for a human with the hunk (no points taken)
-and c is graded normally after it."""
+and c is graded normally after it.
+
+Three full gradings, so it runs in ``make grade-test-full``
+(``-m grade_full``), not in ``make test``.  The same probes meet the same sandbox in a
+real sandboxed kernel build in seconds in test_unit_isolation.py, which ``make test`` runs."""
 import difflib
 import json
 
@@ -36,7 +40,7 @@ def hostile_kvm_patch(tree, reference: str, out, store) -> str:
     return reference + f"diff --git a/{rel} b/{rel}\n" + hunk
 
 
-@pytest.mark.e2e
+@pytest.mark.grade_full
 def test_a_build_that_looks_around_sees_nothing_and_is_flagged(tmp_path):
     tarball, profile = grading_source()
     if profile != "6.1":

@@ -12,7 +12,7 @@ from typing import List, Optional
 from . import build as buildmod
 from . import oracle
 from .errors import KvmLabError
-from .sandbox import base_env, probe_kvm, run_untrusted
+from .sandbox import KVM_DEVICE, base_env, preflight, probe_kvm, run_untrusted
 
 
 def _grade_one(args):
@@ -29,6 +29,7 @@ def _grade_one(args):
 def cmd_grade(ns) -> int:
     from .report import write_summary
     probe_kvm()
+    print(preflight(), file=sys.stderr)
     buildmod.build_oracle()  # once, before the workers race for the cache
     jobs = [(p, ns.out, ns.timeout, ns.keep_work) for p in ns.submissions]
     results = []
@@ -59,7 +60,8 @@ def _run_reference(extra: List[str], show_oracle: bool) -> int:
         rec = work / "oracle.jsonl"
         env = base_env({"LD_PRELOAD": str(shim), "KVMLAB_ORACLE_OUT": str(rec)})
         res = run_untrusted([str(ref.binary), "-l"] + extra, cwd=root, stdout_path=work / "stdout",
-                            stderr_path=work / "stderr", timeout=20, env=env)
+                            stderr_path=work / "stderr", timeout=20, env=env, writable=[work],
+                            readable=[ref.binary.parent, shim], devices=[KVM_DEVICE])
         sys.stdout.write(res.stdout().decode(errors="replace"))
         sys.stderr.write(res.stderr().decode(errors="replace"))
         if show_oracle:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from harness.kvmlab import LAB_DIR, build, guestapi, oracle
-from harness.kvmlab.sandbox import base_env, run_untrusted
+from harness.kvmlab.sandbox import KVM_DEVICE, base_env, run_untrusted
 
 pytestmark = pytest.mark.kvm
 
@@ -23,9 +23,11 @@ def run_with_oracle(binary, tmp_path, *args):
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
     rec = tmp_path / "rec.jsonl"
-    env = base_env({"LD_PRELOAD": str(build.build_oracle()), "KVMLAB_ORACLE_OUT": str(rec)})
+    shim = build.build_oracle()
+    env = base_env({"LD_PRELOAD": str(shim), "KVMLAB_ORACLE_OUT": str(rec)})
     res = run_untrusted([str(binary), "-l", *args], cwd=root, stdout_path=tmp_path / "out",
-                        stderr_path=tmp_path / "err", timeout=10, env=env)
+                        stderr_path=tmp_path / "err", timeout=10, env=env, writable=[tmp_path],
+                        readable=[binary.parent, shim], devices=[KVM_DEVICE])
     return res, oracle.load(rec)
 
 

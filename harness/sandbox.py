@@ -193,6 +193,11 @@ def device_node(device: PathLike, uid: int) -> Path:
     return node
 
 
+def drop_device_nodes(uid: int) -> None:
+    """Remove the device nodes made for ``uid`` (``device_node``), once its sandboxes are done."""
+    shutil.rmtree(_state_dir() / "dev" / str(uid), ignore_errors=True)
+
+
 def system_binds() -> List[str]:
     """The system's programs and libraries, read-only, as they are here (merged /usr or not)."""
     out: List[str] = []

@@ -9,6 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import List, Optional
 
+from .. import sandbox as confinement
 from . import build as buildmod
 from . import oracle
 from .errors import KvmLabError
@@ -54,6 +55,7 @@ def _run_reference(extra: List[str], show_oracle: bool) -> int:
     ref = buildmod.build_reference()
     shim = buildmod.build_oracle()
     work = Path(tempfile.mkdtemp(prefix="kvmlab-ref-"))
+    uid = confinement.uid_for(str(work.resolve()))
     try:
         root = work / "root"
         root.mkdir()
@@ -61,7 +63,7 @@ def _run_reference(extra: List[str], show_oracle: bool) -> int:
         env = base_env({"LD_PRELOAD": str(shim), "KVMLAB_ORACLE_OUT": str(rec)})
         res = run_untrusted([str(ref.binary), "-l"] + extra, cwd=root, stdout_path=work / "stdout",
                             stderr_path=work / "stderr", timeout=20, env=env, writable=[work],
-                            readable=[ref.binary.parent, shim], devices=[KVM_DEVICE])
+                            readable=[ref.binary.parent, shim], devices=[KVM_DEVICE], uid=uid)
         sys.stdout.write(res.stdout().decode(errors="replace"))
         sys.stderr.write(res.stderr().decode(errors="replace"))
         if show_oracle:
@@ -74,6 +76,7 @@ def _run_reference(extra: List[str], show_oracle: bool) -> int:
         print(f"== reference {res.describe()} ==")
         return res.returncode if res.returncode is not None else 1
     finally:
+        confinement.drop_device_nodes(uid)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -175,6 +175,7 @@ class Grader:
         self.testguest_problem = ""
         self.pv_port: Optional[int] = None    # the test guest's printVal port, once its mark printed
         self.own_findings: Dict[str, ownrun.Finding] = {}
+        self.uid = confinement.uid_for(str(self.work.resolve()))   # of its hypervisor runs (sandbox.py)
 
     # -- helpers ---------------------------------------------------------------
     def _set(self, cid: str, status: str, message: str, **kw) -> Check:
@@ -202,7 +203,7 @@ class Grader:
         res = run_untrusted([str(binary), "-l"], cwd=root, stdout_path=recdir / "stdout",
                             stderr_path=recdir / "stderr", timeout=self.timeout, env=env,
                             writable=[rdir], readable=[binary.parent, shim], devices=[KVM_DEVICE],
-                            uid=confinement.uid_for(str(self.work.resolve())))
+                            uid=self.uid)
         try:
             trace = oracle.load(rec)
         except oracle.RecordError as e:
@@ -243,6 +244,7 @@ class Grader:
             error = e.to_dict()
             self._skip_rest(f"harness error at stage {e.stage}: {e.message}")
         finally:
+            confinement.drop_device_nodes(self.uid)
             if not self.keep_work:
                 shutil.rmtree(self.work, ignore_errors=True)
         checks = [self.checks[c] for c in CHECK_IDS if c in self.checks]

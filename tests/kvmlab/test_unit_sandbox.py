@@ -207,3 +207,5 @@ def test_the_hypervisor_gets_its_own_kvm_node_and_the_shim_only_after_the_drop(t
     j = argv.index(str(run_dir))
     assert argv[j - 1:j + 2] == ["--bind", str(run_dir), str(run_dir)]
     assert ["--ro-bind", str(shim), str(shim)] == argv[argv.index(str(shim)) - 1:argv.index(str(shim)) + 2]
+    confinement.drop_device_nodes(uid)                           # once its sandboxes are done
+    assert not node.exists() and not node.parent.exists()

@@ -176,8 +176,8 @@ def run_untrusted(argv: Sequence[str], *, cwd: Path, stdout_path: Path, stderr_p
 
 def preflight() -> str:
     """What confines the lab's untrusted steps here, for the batch's first line; raises
-    SandboxError when bubblewrap and its tools are missing (nothing runs unconfined)."""
-    why = confinement.available()
+    SandboxError when no sandbox can be made here (nothing runs unconfined)."""
+    why = confinement.unusable()
     if why:
         raise SandboxError(f"sandbox: {why}")
     return ("sandbox: student builds and hypervisors run under bubblewrap as an unprivileged uid with no "

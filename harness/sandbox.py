@@ -12,7 +12,8 @@ bubblewrap that sees only what it needs (issue 18):
 - the directories named in ``writable`` (read-write) and ``readable`` (read-only); of
   two nested ones the deeper decides: a kernel worktree's ``src``, whose files are hard
   links to the pristine tree every build shares, stays read-only inside it;
-- a private /dev, /proc and /tmp, every namespace but the user one unshared (no
+- a private /dev, /proc and /tmp (with, in /dev, the character devices named in
+  ``devices``: see ``device_node``), every namespace but the user one unshared (no
   network), an environment of its own (``env`` plus PATH, HOME, USER): nothing of the
   harness's environment leaks in.
 
@@ -28,13 +29,15 @@ command starts: processes of its uid (RLIMIT_NPROC: a fork bomb meets EAGAIN), a
 space per process, bytes per file written (a disk filler meets SIGXFSZ), no core dumps;
 and ``timeout`` (wall clock, then SIGKILL).  ``limits_mechanism()`` says which ones hold
 on this machine (the batch's preflight prints it).  Used for kernel builds of students'
-patches and for poppler on their PDFs.
+patches, for poppler on their PDFs, and for the KVM-API lab's student builds and
+hypervisors (harness/kvmlab/sandbox.py, with /dev/kvm).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +163,41 @@ def give(directory: Path, uid: int) -> None:
     os.chown(directory, uid, uid)
 
 
+def device_node(device: PathLike, uid: int) -> Path:
+    """A node of the host's character device ``device`` (same major and minor) owned by
+    ``uid``, mode 0600, to be bound at ``device`` inside that uid's sandbox: the sandbox
+    opens it as its own unprivileged uid, whatever the host's node allows (/dev/kvm is
+    root's 0600 here), and nobody outside reaches it (its directory is root's 0700)."""
+    st = os.stat(device)
+    if not stat.S_ISCHR(st.st_mode):
+        raise InfraError(f"sandbox: {device} is not a character device", stage="sandbox")
+    d = _state_dir() / "dev" / str(uid)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    node = d / Path(device).name
+    try:
+        have = os.stat(node)
+    except FileNotFoundError:
+        have = None
+    if have is None or have.st_rdev != st.st_rdev or have.st_uid != uid:
+        tmp = d / f".{node.name}.{os.getpid()}"
+        try:
+            os.mknod(tmp, 0o600 | stat.S_IFCHR, st.st_rdev)
+            os.chown(tmp, uid, uid)
+            os.rename(tmp, node)
+        except OSError as e:
+            raise InfraError(f"sandbox: cannot make a node of {device} for uid {uid}: {e}",
+                             stage="sandbox") from e
+    if os.statvfs(node).f_flag & os.ST_NODEV:
+        raise InfraError(f"sandbox: {d} is on a nodev mount: {device} cannot be given to a sandbox",
+                         stage="sandbox")
+    return node
+
+
+def drop_device_nodes(uid: int) -> None:
+    """Remove the device nodes made for ``uid`` (``device_node``), once its sandboxes are done."""
+    shutil.rmtree(_state_dir() / "dev" / str(uid), ignore_errors=True)
+
+
 def system_binds() -> List[str]:
     """The system's programs and libraries, read-only, as they are here (merged /usr or not)."""
     out: List[str] = []
@@ -189,10 +227,11 @@ def _parents(paths: Sequence[Path]) -> List[str]:
 
 def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), readable: Sequence[PathLike] = (),
             limits: Limits = BUILD, cwd: PathLike = None, env: Optional[Mapping[str, str]] = None,
-            uid: Optional[int] = None) -> List[str]:
+            uid: Optional[int] = None, devices: Sequence[PathLike] = ()) -> List[str]:
     """The argv that runs ``argv`` confined (see the module docstring).  ``env`` is the
     whole environment the command gets, beside PATH, HOME and USER; ``uid`` defaults
-    to one named by the first writable directory (else by the command)."""
+    to one named by the first writable directory (else by the command); ``devices``
+    (character devices such as /dev/kvm) appear in its /dev, openable by that uid."""
     why = available()
     if why:
         raise InfraError(f"sandbox: {why}", stage="sandbox")
@@ -210,6 +249,8 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
     out += ["--ro-bind", str(etc_dir()), "/etc",
             "--ro-bind", str(ident["passwd"]), "/etc/passwd", "--ro-bind", str(ident["group"]), "/etc/group",
             "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
+    for dev in devices:
+        out += ["--dev-bind", str(device_node(dev, uid)), str(dev)]
     # shallower paths first, so the deeper bind decides: a read-only directory inside a
     # writable one stays read-only, and a writable one inside a read-only one writable
     binds = sorted([(Path(d), "--bind") for d in writable] + [(Path(d), "--ro-bind") for d in readable],

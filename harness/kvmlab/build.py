@@ -69,6 +69,7 @@ def build_oracle() -> Path:
     key = _digest([src], _compiler_id())
     out = cache_dir() / f"kvmlab_oracle-{key}.so"
     if out.exists():
+        out.chmod(0o644)  # loaded inside the sandbox, by its unprivileged uid
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".oracle-", suffix=".so", dir=out.parent)
@@ -79,6 +80,7 @@ def build_oracle() -> Path:
         if proc.returncode != 0:
             raise LabBuildError("building the oracle shim failed", stage="kvmlab-oracle-build",
                                 kind=INFRA, tail=proc.stderr[-4000:], reproduce=argv)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

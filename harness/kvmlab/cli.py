@@ -9,10 +9,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import List, Optional
 
+from .. import sandbox as confinement
 from . import build as buildmod
 from . import oracle
 from .errors import KvmLabError
-from .sandbox import base_env, probe_kvm, run_untrusted
+from .sandbox import KVM_DEVICE, base_env, preflight, probe_kvm, run_untrusted
 
 
 def _grade_one(args):
@@ -29,6 +30,7 @@ def _grade_one(args):
 def cmd_grade(ns) -> int:
     from .report import write_summary
     probe_kvm()
+    print(preflight(), file=sys.stderr)
     buildmod.build_oracle()  # once, before the workers race for the cache
     jobs = [(p, ns.out, ns.timeout, ns.keep_work) for p in ns.submissions]
     results = []
@@ -53,13 +55,15 @@ def _run_reference(extra: List[str], show_oracle: bool) -> int:
     ref = buildmod.build_reference()
     shim = buildmod.build_oracle()
     work = Path(tempfile.mkdtemp(prefix="kvmlab-ref-"))
+    uid = confinement.uid_for(str(work.resolve()))
     try:
         root = work / "root"
         root.mkdir()
         rec = work / "oracle.jsonl"
         env = base_env({"LD_PRELOAD": str(shim), "KVMLAB_ORACLE_OUT": str(rec)})
         res = run_untrusted([str(ref.binary), "-l"] + extra, cwd=root, stdout_path=work / "stdout",
-                            stderr_path=work / "stderr", timeout=20, env=env)
+                            stderr_path=work / "stderr", timeout=20, env=env, writable=[work],
+                            readable=[ref.binary.parent, shim], devices=[KVM_DEVICE], uid=uid)
         sys.stdout.write(res.stdout().decode(errors="replace"))
         sys.stderr.write(res.stderr().decode(errors="replace"))
         if show_oracle:
@@ -72,6 +76,7 @@ def _run_reference(extra: List[str], show_oracle: bool) -> int:
         print(f"== reference {res.describe()} ==")
         return res.returncode if res.returncode is not None else 1
     finally:
+        confinement.drop_device_nodes(uid)
         shutil.rmtree(work, ignore_errors=True)
 
 

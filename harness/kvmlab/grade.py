@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .. import buildlog
+from .. import sandbox as confinement
 from . import build as buildmod
 from . import fileops, guestapi, handin as handinmod, oracle, ownrun
 from . import rubric as rubricmod
 from .errors import KvmLabError, SubmissionError
 from .oracle import REASON_HLT, REASON_IO, Trace
-from .sandbox import RunResult, base_env, probe_kvm, run_untrusted
+from .sandbox import KVM_DEVICE, RunResult, base_env, probe_kvm, run_untrusted
 from .submission import Submission, load
 
 PASS, PARTIAL, FAIL, SKIP = "PASS", "PARTIAL", "FAIL", "SKIP"
@@ -174,6 +175,7 @@ class Grader:
         self.testguest_problem = ""
         self.pv_port: Optional[int] = None    # the test guest's printVal port, once its mark printed
         self.own_findings: Dict[str, ownrun.Finding] = {}
+        self.uid = confinement.uid_for(str(self.work.resolve()))   # of its hypervisor runs (sandbox.py)
 
     # -- helpers ---------------------------------------------------------------
     def _set(self, cid: str, status: str, message: str, **kw) -> Check:
@@ -196,8 +198,12 @@ class Grader:
         (root / "kvmlab_in.txt").write_text(self.input_text)
         rec = recdir / "oracle.jsonl"
         env = base_env({"LD_PRELOAD": str(shim), "KVMLAB_ORACLE_OUT": str(rec)})
+        # confined: it writes its run directory (root, outside and the record beside them,
+        # where the confinement check looks), reads its binary and the shim, opens /dev/kvm
         res = run_untrusted([str(binary), "-l"], cwd=root, stdout_path=recdir / "stdout",
-                            stderr_path=recdir / "stderr", timeout=self.timeout, env=env)
+                            stderr_path=recdir / "stderr", timeout=self.timeout, env=env,
+                            writable=[rdir], readable=[binary.parent, shim], devices=[KVM_DEVICE],
+                            uid=self.uid)
         try:
             trace = oracle.load(rec)
         except oracle.RecordError as e:
@@ -238,6 +244,7 @@ class Grader:
             error = e.to_dict()
             self._skip_rest(f"harness error at stage {e.stage}: {e.message}")
         finally:
+            confinement.drop_device_nodes(self.uid)
             if not self.keep_work:
                 shutil.rmtree(self.work, ignore_errors=True)
         checks = [self.checks[c] for c in CHECK_IDS if c in self.checks]

@@ -1,9 +1,21 @@
 """Running untrusted programs: a student's build and a student's hypervisor.
 
-Each child gets resource limits (CPU seconds, address space, file size, open files,
-no core), its own session/process group, PR_SET_PDEATHSIG=SIGKILL (so killing the
-harness takes it down), a minimal environment, and a scratch working directory.  On
-timeout the whole process group is killed.  Nothing here uses a shell.
+Each runs confined by the harness's sandbox (harness/sandbox.py ``confine``): it sees
+the system's programs and libraries read-only, a synthesized /etc (no shadow, no
+keys), the directories it is given (``writable``: its build or run directory;
+``readable``: the binary it runs, the oracle shim) and nothing else of the host - not
+/root, /home, /var, other submissions' directories nor the batch's output - with no
+network, its own pid namespace, and an unprivileged uid with no capability.
+
+The hypervisor's run gets /dev/kvm (``devices``): the host's node is root's 0600, so
+the sandbox gets a node of its own, the same device owned by its uid
+(``harness.sandbox.device_node``); it never runs as root.
+
+Limits: CPU seconds, address space, bytes per file, open files, processes of its uid,
+no core; its own session/process group, PR_SET_PDEATHSIG=SIGKILL (killing the harness
+takes it down, and with it the sandbox's pid namespace), a minimal environment and a
+scratch working directory.  On timeout the whole process group is killed.  Nothing
+here uses a shell.
 """
 from __future__ import annotations
 
@@ -18,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from .. import sandbox as confinement
+from ..errors import InfraError
 from .errors import KvmUnavailable, SandboxError
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
+KVM_DEVICE = "/dev/kvm"
 
 
 @dataclass
@@ -30,6 +45,7 @@ class Limits:
     address_space: int = 2 << 30   # 2 GiB
     file_size: int = 64 << 20      # 64 MiB per file written
     open_files: int = 256
+    processes: int = 64            # tasks of the sandbox's uid (make -j2 and gcc: < 20)
 
 
 @dataclass
@@ -97,20 +113,46 @@ def base_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
+def confined_argv(argv: Sequence[str], *, cwd: Path, timeout: float, env: Dict[str, str], limits: Limits,
+                  writable: Sequence[Path], readable: Sequence[Path] = (), devices: Sequence[str] = (),
+                  uid: Optional[int] = None) -> list:
+    """The argv that runs ``argv`` in the sandbox (module docstring).  LD_PRELOAD is set
+    by ``env`` at the last step, so that only ``argv`` loads the shim, not the sandbox's
+    own tools."""
+    env = dict(env)
+    inner = list(argv)
+    if "LD_PRELOAD" in env:
+        inner = ["/usr/bin/env", "--", f"LD_PRELOAD={env.pop('LD_PRELOAD')}"] + inner
+    try:
+        return confinement.confine(
+            inner, writable=list(writable), readable=list(readable), cwd=cwd, env=env, uid=uid,
+            devices=list(devices),
+            limits=confinement.Limits(wall_s=int(timeout) + 30, address_space=limits.address_space,
+                                      file_size=limits.file_size, processes=limits.processes))
+    except (InfraError, OSError) as e:
+        raise SandboxError(f"cannot confine {argv[0]}: {e}", reproduce=list(argv)) from e
+
+
 def run_untrusted(argv: Sequence[str], *, cwd: Path, stdout_path: Path, stderr_path: Path,
                   timeout: float, env: Optional[Dict[str, str]] = None,
-                  limits: Optional[Limits] = None) -> RunResult:
-    """Run ``argv`` confined as described above; never raises for the child's own failure."""
+                  limits: Optional[Limits] = None, writable: Optional[Sequence[Path]] = None,
+                  readable: Sequence[Path] = (), devices: Sequence[str] = (),
+                  uid: Optional[int] = None) -> RunResult:
+    """Run ``argv`` confined as described above (``writable`` defaults to ``cwd``); never
+    raises for the child's own failure."""
     limits = limits or Limits()
+    full = confined_argv(argv, cwd=Path(cwd), timeout=timeout, env=env if env is not None else base_env(),
+                         limits=limits, writable=[Path(cwd)] if writable is None else writable,
+                         readable=readable, devices=devices, uid=uid)
     start = time.monotonic()
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         try:
             proc = subprocess.Popen(
-                list(argv), cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env=env if env is not None else base_env(), start_new_session=True,
+                full, cwd="/", stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env={"PATH": confinement.PATH}, start_new_session=True,
                 close_fds=True, preexec_fn=_preexec(limits))
         except OSError as e:
-            raise SandboxError(f"cannot start {argv[0]}: {e}", reproduce=list(argv)) from e
+            raise SandboxError(f"cannot start {argv[0]}: {e}", reproduce=full) from e
         timed_out = False
         try:
             proc.wait(timeout=timeout)
@@ -125,9 +167,32 @@ def run_untrusted(argv: Sequence[str], *, cwd: Path, stdout_path: Path, stderr_p
             proc.wait()
     rc = proc.returncode
     sig = -rc if rc is not None and rc < 0 else None
+    if sig is None and rc is not None and rc > 128 and _signal_name(rc - 128):
+        sig, rc = rc - 128, -(rc - 128)   # bubblewrap reports its command's death by signal as 128 + n
     return RunResult(argv=list(argv), cwd=Path(cwd), returncode=None if timed_out else rc,
                      signal=sig, timed_out=timed_out, duration=time.monotonic() - start,
                      stdout_path=Path(stdout_path), stderr_path=Path(stderr_path))
+
+
+def preflight() -> str:
+    """What confines the lab's untrusted steps here, for the batch's first line; raises
+    SandboxError when no sandbox can be made here (nothing runs unconfined)."""
+    why = confinement.unusable()
+    if why:
+        raise SandboxError(f"sandbox: {why}")
+    return ("sandbox: student builds and hypervisors run under bubblewrap as an unprivileged uid with no "
+            "capability, no network, seeing only the system's programs, a synthesized /etc and their own "
+            f"build or run directory; the hypervisor opens a node of {KVM_DEVICE} owned by that uid; limits: "
+            f"rlimits (CPU seconds, address space, bytes per file, open files, {Limits().processes} processes "
+            f"of its uid) and a timeout; not cgroups (cgroup v2 controllers here: "
+            f"{' '.join(confinement.cgroup_controllers()) or 'none'})")
+
+
+def _signal_name(n: int) -> Optional[str]:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return None
 
 
 def probe_kvm(path: Optional[str] = None) -> str:

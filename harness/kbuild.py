@@ -84,6 +84,7 @@ CPP_KEY = Path(__file__).with_name("ccache-cpp-key")  # ccache's preprocessor fi
 Progress = Callable[[str], None]
 # a cold build of one kernel on the reference machine (2-core x86_64, cross gcc; see above)
 COLD_BUILD_MIN = (5, 8)
+MTIME_SLACK_NS = 2_000_000_000  # file systems with coarse timestamps: what a make in flight wrote
 
 
 def _minutes(m: float) -> str:
@@ -417,6 +418,38 @@ class Builder:
                 shutil.copyfile(orig, p)  # new inode, new mtime: make rebuilds dependents
                 shutil.copymode(orig, p)
 
+    def _prune_interrupted_make(self) -> None:
+        """A make killed mid-way (Ctrl-C and timeouts kill its process group with SIGKILL;
+        a power cut) can leave a target half written and newer than its inputs, which the
+        next make takes as up to date (seen: a truncated include/generated/vdso-offsets.h,
+        then "'vdso_offset_sigtramp' undeclared" in every later build of the worktree).
+        The make in flight is recorded in state.json; every file of build/ it may have been
+        writing (modified since it started) is deleted, so the next make writes it again."""
+        state = self._read_state()
+        started = state.get("make_started_ns") if state else None
+        if started is None:
+            return
+        cutoff = started - MTIME_SLACK_NS
+        removed = 0
+        for parent, _dirs, files in os.walk(self.work / "build"):
+            for name in files:
+                p = os.path.join(parent, name)
+                try:
+                    if os.lstat(p).st_mtime_ns >= cutoff:
+                        os.unlink(p)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        if removed:
+            self.progress(f"the last make in {self.work.name} did not finish: removed the {removed} "
+                          "files it was writing (make writes them again)")
+        self._write_state({k: v for k, v in state.items() if k != "make_started_ns"})
+
+    def _make_in_flight(self, flying: bool) -> None:
+        state = self._read_state() or {}
+        state.pop("make_started_ns", None)
+        self._write_state({**state, "make_started_ns": time.time_ns()} if flying else state)
+
     def _checkout(self, patch: Optional[Patch], log: Path) -> str:
         state = self._read_state()
         if state is None or state.get("dirty") or not (self.work / "src").is_dir():
@@ -594,6 +627,7 @@ class Builder:
                         f.write(f"# profile {self.profile.name}: {note}\n")
                 if self.ccache_store is not None:  # what trusted builds compiled meanwhile
                     share_ccache(store=self.ccache_store)
+                self._prune_interrupted_make()
                 meta["patch_mode"] = self._checkout(patch, log)
                 self._configure(log)
                 counter = {"n": 0, "warnings": 0, "t": time.monotonic()}
@@ -614,12 +648,15 @@ class Builder:
                     stats.unlink(missing_ok=True)
                     env["CCACHE_STATSLOG"] = str(stats)
                 cpu0 = _children_cpu()
+                # until it succeeds: a make killed or failed, what it wrote goes (ccache has it)
+                self._make_in_flight(True)
                 try:
                     procs.run(self.confined(self.make_argv("Image", jobs=self.jobs), env), stage="kernel-build", log=log,
                               env=env, error=BuildError, what=f"make Image ({label})", on_line=on_line)
                 except HarnessError as e:
                     self._explain_failure(e, label, role, log)
                     raise
+                self._make_in_flight(False)
                 build = self.work / "build"
                 shutil.copyfile(build / "arch" / ARCH / "boot" / "Image", tmp / "Image")
                 shutil.copyfile(build / ".config", tmp / "config")

@@ -234,6 +234,14 @@ def run(
         raise error(f"{what}: cannot write its log {log}: {log_error}"
                     + (f"; the command then failed with exit code {rc}" if rc else ""),
                     stage=stage, kind=INFRA, tail=tail_of(out) or None, log=log, reproduce=repro)
+    if check and rc < 0:
+        # a signal the harness did not send (its own kills raise above): the OOM killer, a
+        # person, a runner's job limit -- the machine's doing, whatever the input
+        name = signal.Signals(-rc).name if -rc in signal.valid_signals() else f"signal {-rc}"
+        e = failure(f"was killed by {name}, which the harness did not send (the OOM killer? "
+                    "another process? see dmesg)")
+        e.kind = INFRA
+        raise e
     if check and rc != 0:
         raise failure(f"failed with exit code {rc}")
     return subprocess.CompletedProcess(argv, rc, b"".join(chunks).decode("utf-8", "replace"), "")

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import (analysis, cache, errors, groundtruth, hosttrace, images, kbuild, kernelrefs, profiles, scenarios,
-               sources, workload)
+from . import (analysis, cache, errors, groundtruth, hosttrace, images, interrupts, kbuild, kernelrefs, profiles,
+               scenarios, sources, workload)
 from .config import Config, Scenario
 from .console import scan
 from . import deadline
@@ -705,6 +705,10 @@ def main_job(cfg: Config, run_dir: Optional[Path] = None, progress: Progress = p
         summary["verdict"] = "error"
         summary["error"] = err.to_dict()
         raise err from exc
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the summary says so, and where
+        summary["verdict"] = "interrupted"
+        summary["interrupted"] = {"signal": interrupts.requested() or "SIGINT", "stage": _stage_of(summary)}
+        raise
     finally:
         summary["seconds"] = round(time.monotonic() - t_start, 1)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -236,6 +236,8 @@ def test_sigint_at_each_stage_stops_every_qemu(warm, tmp_path, stage):
         live.kill()
     assert_stopped_by_the_interrupt(r)
     assert no_process_left(str(run_dir), grace=1) == []
+    summary = summary_of(run_dir)  # the run directory says why it stopped, not a silent half
+    assert summary["verdict"] == "interrupted" and summary["interrupted"]["signal"] == "SIGINT", summary
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

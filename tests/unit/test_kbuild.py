@@ -339,6 +339,36 @@ def test_kill_after_apply_does_not_contaminate_next_build(env, monkeypatch):
     assert image_of(clean) == PRISTINE_IMAGE
 
 
+def test_a_make_killed_mid_write_leaves_no_truncated_target_behind(env, monkeypatch):
+    """Ctrl-C kills make's group with SIGKILL: a target it was writing stays, truncated and
+    newer than its source, and make would take it as up to date (seen in the real tree: an
+    empty include/generated/vdso-offsets.h).  The next build must write it again."""
+    b = env.builder()
+    b.build("host", None, env.logs)
+    real_run = kbuild.procs.run
+
+    def killed_mid_write(argv, **kw):
+        if str(kw.get("what", "")).startswith("make Image"):
+            (b.work / "build" / "obj" / "mm.o").write_text("mm v")  # half written, mm.c untouched
+            raise KeyboardInterrupt
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(kbuild.procs, "run", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        b.build("host", PATCH_A, env.logs)
+    monkeypatch.setattr(kbuild.procs, "run", real_run)
+    rebuilt = b.build("host", PATCH_A, env.logs)
+    assert image_of(rebuilt) == PRISTINE_IMAGE.replace("kvm v1", "kvm PATCH-A")
+    assert any("did not finish" in m for m in env.messages), env.messages
+    assert "make_started_ns" not in json.loads((b.work / "state.json").read_text())
+    # a make that finished leaves nothing to prune
+    import shutil
+
+    shutil.rmtree(cache.cache_root() / "kernels")
+    b.build("host", PATCH_A, env.logs)
+    assert sum("did not finish" in m for m in env.messages) == 1
+
+
 def test_patch_that_does_not_apply(env):
     b = env.builder()
     bad = Patch.parse(patch_text("kvm.c", "something else\n", "x\n"), "student.patch")

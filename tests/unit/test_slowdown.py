@@ -238,3 +238,16 @@ def test_the_audit_finds_a_fixed_timeout(tmp_path, monkeypatch):
     (pkg / "x.py").write_text("import subprocess\ndef f():\n    subprocess.run(['true'], timeout=30)\n")
     monkeypatch.setitem(globals(), "HARNESS", pkg)
     assert _literal_timeouts() == ["x.py:3 f: subprocess.run(timeout=30)"]
+
+
+def test_a_tool_killed_by_a_signal_the_harness_did_not_send_is_the_machines(tmp_path):
+    """The OOM killer or a person SIGKILLs tar: not the input's fault (a SourceError would
+    say "your input is bad", exit 2), the machine's, naming the signal."""
+    from harness.errors import INFRA, SourceError
+
+    with pytest.raises(SourceError, match="killed by SIGKILL") as ei:
+        procs.run(["sh", "-c", "kill -9 $$"], stage="source", error=SourceError, log=tmp_path / "l.log")
+    assert ei.value.kind == INFRA
+    with pytest.raises(SourceError) as ei:  # a tool failing of itself stays the error's own kind
+        procs.run(["sh", "-c", "exit 2"], stage="source", error=SourceError)
+    assert ei.value.kind != INFRA and "exit code 2" in ei.value.message

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import kbuild, procs, sandbox, sources
+from .. import kbuild, machine, procs, sandbox, sources
 from ..config import Config, override
 from ..errors import HarnessError
 from ..machine import QEMU
@@ -78,7 +78,9 @@ def preflight(cfg: Config, out: Path, full: bool, progress: Progress) -> List[st
     if full:
         if not shutil.which(QEMU):
             raise GradeInfraError(f"{QEMU} not found: run `make setup`")
-        done.append(f"{QEMU} present")
+        refused = machine.seccomp_refused()
+        done.append(f"{QEMU} present, " + (f"WITHOUT its seccomp sandbox for L1 ({refused})" if refused
+                                           else "L1 runs under its seccomp sandbox"))
     return done
 
 

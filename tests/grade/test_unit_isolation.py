@@ -47,7 +47,7 @@ def test_ccache_storage_option_follows_the_version():
     assert kbuild.storage_option("ccache version 4.11.2") == "CCACHE_REMOTE_STORAGE"
 
 
-def test_a_sandboxed_compile_hits_the_shared_ccache_and_cannot_write_it(tmp_path, monkeypatch):
+def test_a_sandboxed_compile_hits_the_shared_ccache_and_cannot_write_it(tmp_path, monkeypatch, needs_sandbox):
     """Real ccache and gcc: a trusted compile fills the local cache; share_ccache links it
     into the store; a sandboxed compile with a private ccache is served from the store
     (remote hit), and its attempt to write the store is refused."""
@@ -176,12 +176,9 @@ def test_the_deeper_of_two_nested_binds_decides_and_no_capability_is_kept(tmp_pa
     assert r.stdout.split() == ["CapEff:", "0000000000000000"]
 
 
-def test_preflight_says_which_limits_hold(tmp_path, monkeypatch):
+def test_preflight_says_which_limits_hold(tmp_path, monkeypatch, needs_sandbox):
     from harness import config
-    import pytest
     from harness import sandbox
-    if sandbox.available():
-        pytest.skip(sandbox.available())
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
     done = batch.preflight(config.load(config.CONFIGS / "grade.yaml"), tmp_path / "out", False, lambda m: None)
     assert sandbox.limits_mechanism() in done and any(d.startswith("limits: rlimits") for d in done)
@@ -206,7 +203,7 @@ Image:
 """
 
 
-def test_a_make_that_looks_around_sees_nothing_of_the_machine(tmp_path, monkeypatch):
+def test_a_make_that_looks_around_sees_nothing_of_the_machine(tmp_path, monkeypatch, needs_sandbox):
     """A sandboxed kernel build (real Builder, bubblewrap, make) whose Makefile probes the
     machine with $(shell): every probe is refused, visible in the build log."""
     from harness import profiles

@@ -1,7 +1,6 @@
 """Scenario expectations and the report, on run directories made of real-format files:
 workload traces (the binary format) and tracefs text, as a real run stores them."""
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -176,9 +175,7 @@ def test_interval_math():
 
 def test_report_renders_from_a_stored_run(tmp_path):
     run_dir = stored_run(tmp_path)
-    t0 = time.monotonic()
-    html_path = experiment.render_report(run_dir)
-    assert time.monotonic() - t0 < 30  # generous: the figure is measured by make bench, not here
+    html_path = experiment.render_report(run_dir)  # its time: make bench (a timed test fails on a slow runner)
     html = html_path.read_text()
     md = (run_dir / "report.md").read_text()
     for q in ("What is the returned host CPU ID each time?", "Does it remain the same or change?",

@@ -37,10 +37,11 @@ SECCOMP_PROBE_S = 20
 
 @functools.lru_cache(maxsize=None)
 def seccomp_refused(qemu: str = QEMU) -> str:
-    """'' when ``qemu`` starts under SECCOMP, else why not, in QEMU's words: a QEMU built
-    without libseccomp has no -sandbox at all (measured: Debian 13's arm64 qemu-system-arm
-    10.0 says "There is no option group 'sandbox'").  Asked once per process: a start
-    stopped at once by QMP quit on stdin."""
+    """'' when ``qemu`` starts under SECCOMP, else why not, in QEMU's words.  QEMU offers
+    -sandbox only when it is built with libseccomp *and* the kernel below takes seccomp
+    filters; measured: in an arm64 Debian 12 or 13 root under qemu-user (tools/arm64-check.sh),
+    whose emulator has no seccomp, QEMU 7.2 and 10.0 say "There is no option group
+    'sandbox'".  Asked once per process: a start stopped at once by QMP quit on stdin."""
     argv = [qemu, *SECCOMP, "-machine", "none", "-display", "none", "-nodefaults", "-qmp", "stdio"]
     try:
         r = subprocess.run(argv, input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',

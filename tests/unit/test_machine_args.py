@@ -81,7 +81,8 @@ def test_this_qemu_is_asked_whether_it_takes_the_seccomp_options():
 
 
 def test_a_qemu_without_seccomp_starts_without_the_options(tmp_path, monkeypatch):
-    """Debian 13's arm64 QEMU has no -sandbox: L1 must still start (said), not fail at launch."""
+    """A QEMU with no -sandbox (an arm64 root under qemu-user has no seccomp below it): L1 must
+    still start (said), not fail at launch."""
     from harness import machine
     fake = tmp_path / "qemu-system-aarch64"
     fake.write_text("#!/bin/sh\necho \"qemu-system-aarch64: -sandbox on: There is no option group 'sandbox'\" >&2\n"

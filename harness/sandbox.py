@@ -39,6 +39,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Union
@@ -148,7 +149,31 @@ def identity_files(uid: int) -> Mapping[str, Path]:
         for name, text in files.items():
             (d / name).write_text(text)
             (d / name).chmod(0o644)
+        _prune_identities(keep=d)
+    else:
+        os.utime(d)  # in use: the pruning below goes by this time
     return {name: d / name for name in files}
+
+
+IDENTITIES_KEPT = 256          # a uid per build directory: made often (each test's tmp dir), kept few
+IDENTITY_MAX_AGE_S = 86400     # and never one a sandbox may be starting with right now
+
+
+def _prune_identities(keep: Path) -> None:
+    """Remove the oldest id-<uid> directories beyond IDENTITIES_KEPT, unused for a day
+    (measured: 3,528 had piled up on a machine after a few days of tests)."""
+    found = []
+    for e in os.scandir(keep.parent):
+        if e.name.startswith("id-") and e.path != str(keep):
+            try:
+                found.append((e.stat().st_mtime, e.path))
+            except FileNotFoundError:
+                continue
+    found.sort()
+    old = time.time() - IDENTITY_MAX_AGE_S
+    for mtime, path in found[:max(0, len(found) + 1 - IDENTITIES_KEPT)]:
+        if mtime < old:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def give(directory: Path, uid: int) -> None:

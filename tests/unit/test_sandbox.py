@@ -57,6 +57,22 @@ def test_the_command_runs_as_an_unprivileged_uid_within_limits(tmp_path):
     assert f"build:x:{uid}:{uid}:" in sandbox.identity_files(uid)["passwd"].read_text()
 
 
+def test_identity_directories_do_not_pile_up(monkeypatch):
+    """Each build directory gets a uid and an id-<uid> directory; beyond IDENTITIES_KEPT,
+    those unused for a day go, the recent ones stay."""
+    monkeypatch.setattr(sandbox, "IDENTITIES_KEPT", 5)
+    day_old = time.time() - 2 * sandbox.IDENTITY_MAX_AGE_S
+    stale = [sandbox.identity_files(sandbox.UID_BASE + i)["passwd"].parent for i in range(8)]
+    for d in stale:
+        os.utime(d, (day_old, day_old))
+    fresh = sandbox.identity_files(sandbox.UID_BASE + 100)["passwd"].parent
+    left = sorted(p.name for p in fresh.parent.glob("id-*"))
+    assert len(left) == 5 and fresh.name in left, left
+    # recent directories are never removed, however many there are
+    recent = [sandbox.identity_files(sandbox.UID_BASE + 200 + i)["passwd"].parent for i in range(6)]
+    assert all((d / "group").exists() for d in recent + [fresh])
+
+
 def test_the_limits_mechanism_is_named():
     text = sandbox.limits_mechanism()
     assert "RLIMIT" in text or "rlimits" in text

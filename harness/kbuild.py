@@ -436,7 +436,7 @@ class Builder:
         through a link), ``build`` copied, its state copied so that _checkout undoes the
         trusted patch; the build directory's absolute paths renamed so make sees its own
         commands.  False when there is nothing to seed from."""
-        trusted = self.work_base / self.work.name[:len(self.work.name) - len(self.worktree_tag)]
+        trusted = self.work_base / self.work.name.removesuffix(self.worktree_tag)
         if not (trusted / "state.json").exists():
             return False
         with cache.locked(str(trusted) + ".lock"):

@@ -16,8 +16,12 @@ builds get worktrees of their own, named by their batch's ccache directory, and 
 write a private ccache per worktree (``<batch>/.ccache/<role>``) and read the shared one
 as ccache remote storage, read-only (``shared_store``: hard links of the trusted local
 cache's entries, refreshed by ``share_ccache`` when a batch starts); the trusted local
-cache itself is not visible to them.  Submissions of one batch still share its
-worktrees and private ccaches, one after another.
+cache itself is not visible to them.  A grading batch gives every submission a ccache
+directory of its own (``<batch>/.ccache/submissions/<id>``), hence worktrees and private
+ccaches of its own, removed once it is graded: what one submission's make leaves behind
+never reaches another's kernel.  So that such a worktree does not recompile the kernel,
+it starts as a copy of the trusted worktree of its role when there is one (``_seed``:
+the sources hard-linked, the build directory copied, ~110 MB for 6.1).
 
 ccache sits underneath, keyed by what the compiler will see, not by header bytes
 (issue 12).  vm.patch edits include/uapi/asm-generic/unistd.h, which 515 of the 846
@@ -297,6 +301,31 @@ def remove_sandboxed_worktrees(ccache_dir: Path) -> List[Path]:
     return gone
 
 
+def remove_sandboxed_builds(ccache_dir: Path) -> List[Path]:
+    """Delete the worktrees of the sandboxed builds that used ``ccache_dir`` (a graded
+    submission's) and that private ccache; returns the worktrees removed."""
+    gone = remove_sandboxed_worktrees(ccache_dir)
+    shutil.rmtree(ccache_dir, ignore_errors=True)
+    return gone
+
+
+def _repath(build: Path, old: str, new: str) -> None:
+    """Rename ``old`` to ``new`` in the text files of a build directory (kbuild's .cmd and
+    .d files name sources and include directories by absolute path; a changed command
+    line recompiles its object), keeping their times."""
+    before, after = old.encode(), new.encode()
+    for root, _, files in os.walk(build):
+        for name in files:
+            f = Path(root, name)
+            if f.is_symlink():
+                continue
+            data = f.read_bytes()
+            if before in data and b"\0" not in data:
+                st = f.stat()
+                f.write_bytes(data.replace(before, after))
+                os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def _writable(directory: Path) -> bool:
     """Whether a file can be created in ``directory`` (from outside any sandbox)."""
     try:
@@ -394,11 +423,37 @@ class Builder:
     def _fresh_worktree(self, log: Path) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
+        if self.sandboxed and self._seed(log):
+            return
         self.progress("preparing a worktree (hard-linked copy of the pristine tree)")
         procs.run(["cp", "-al", self.source.root, self.work / "src"], stage="kernel-build", log=log,
                   error=InfraError, what="cp -al")
         (self.work / "build").mkdir()
         self._write_state({"patch": None, "files": [], "created": []})
+
+    def _seed(self, log: Path) -> bool:
+        """Start a sandboxed worktree from the trusted one of its role, when there is one
+        (module docstring): ``src`` hard-linked (the harness replaces files, never writes
+        through a link), ``build`` copied, its state copied so that _checkout undoes the
+        trusted patch; the build directory's absolute paths renamed so make sees its own
+        commands.  False when there is nothing to seed from."""
+        trusted = self.work_base / self.work.name.removesuffix(self.worktree_tag)
+        if not (trusted / "state.json").exists():
+            return False
+        with cache.locked(str(trusted) + ".lock"):
+            try:
+                state = json.loads((trusted / "state.json").read_text())
+            except (OSError, ValueError):
+                return False
+            if state.get("dirty") or not (trusted / "src").is_dir() or not (trusted / "build" / ".config").exists():
+                return False
+            self.progress(f"preparing a worktree from the trusted {trusted.name} (sources linked, build copied)")
+            for argv in (["cp", "-al", trusted / "src", self.work / "src"],
+                         ["cp", "-a", "--reflink=auto", trusted / "build", self.work / "build"]):
+                procs.run(argv, stage="kernel-build", log=log, error=InfraError, what=" ".join(map(str, argv[:-2])))
+        _repath(self.work / "build", f"{trusted}/", f"{self.work}/")
+        self._write_state(state)
+        return True
 
     def _restore(self, state: dict) -> None:
         """Undo the previously applied patch: pristine content as new files."""

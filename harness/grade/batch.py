@@ -178,8 +178,13 @@ def grade_batch(inputs: List[Path], ctx: Context, jobs: int = 1, shard: Tuple[in
 
     run_workers(one, mine, jobs, stop, interrupted)
     if ctx.base.kernel.sandbox and ctx.base.kernel.sandbox_ccache and not stop.is_set():
-        # the batch's worktrees go with it (the batch's ccache stays, for a regrade)
-        for wt in kbuild.remove_sandboxed_worktrees(Path(ctx.base.kernel.sandbox_ccache)):
+        # the batch's worktrees go with it, and what an interrupted submission left (the
+        # batch's own ccache, of the grading kernels, stays)
+        batch_cc = Path(ctx.base.kernel.sandbox_ccache)
+        gone = kbuild.remove_sandboxed_worktrees(batch_cc)
+        for d in sorted((batch_cc / "submissions").glob("*")):
+            gone += kbuild.remove_sandboxed_builds(d)
+        for wt in gone:
             ctx.progress(f"removed the batch's kernel worktree {wt.name}")
     finish(out, results, ctx.profile.directory, corpus, threshold)
     if stop.is_set():

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from ..config import Config
+from .. import kbuild
+from ..config import Config, override
 from ..profiles import Profile
 from . import checks as chk
 from . import diffcheck, intake, machinery, outputs, pdfreport, static
@@ -58,6 +59,15 @@ def previous(ctx: Context, sub_id: str, digest: str) -> Optional[dict]:
             and not any(c.get("inconclusive") for c in res.get("checks", [])):
         return res  # (a check the machine left inconclusive is graded again)
     return None
+
+
+def own_ccache(cfg: Config, sub_id: str) -> Optional[Path]:
+    """The ccache directory of a submission's sandboxed builds, inside the batch's: it
+    names their worktrees and private ccaches (harness/kbuild.py), so no submission builds
+    in what another's make wrote.  Removed once the submission is graded.  None when
+    builds are not sandboxed with a batch's ccache."""
+    k = cfg.kernel
+    return Path(k.sandbox_ccache) / "submissions" / sub_id if k.sandbox and k.sandbox_ccache else None
 
 
 def grade(path: Path, sub_id: str, ctx: Context) -> dict:
@@ -106,8 +116,14 @@ def grade(path: Path, sub_id: str, ctx: Context) -> dict:
     learned: Dict[str, dict] = {}
     if ctx.run_pairings:
         # with -j N several submissions print at once: every line names its submission
-        mine = dataclasses.replace(ctx, progress=lambda m: ctx.progress(f"{sub_id}: {m}"))
-        pairings, learned = run_matrix(mine, work, diffs, evidence, sdir / "pairings")
+        own = own_ccache(ctx.base, sub_id)
+        base = override(ctx.base, [f"kernel.sandbox_ccache={json.dumps(str(own))}"]) if own else ctx.base
+        mine = dataclasses.replace(ctx, base=base, progress=lambda m: ctx.progress(f"{sub_id}: {m}"))
+        try:
+            pairings, learned = run_matrix(mine, work, diffs, evidence, sdir / "pairings")
+        finally:
+            if own is not None:
+                kbuild.remove_sandboxed_builds(own)
     checks: Dict[str, chk.Check] = {}
     if ctx.run_pairings:
         why_h = _unusable(diffs["host"], "kvm.patch")

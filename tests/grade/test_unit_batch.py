@@ -2,6 +2,7 @@
 every bad zip gets a row, outputs exist, resume keeps finished work, shards partition."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,36 @@ def test_an_interrupted_pairing_is_not_graded(tmp_path, monkeypatch):
     with pytest.raises(GradeInfraError, match="interrupted"):
         grader.run_matrix(c, tmp_path, {r: DiffReport(r) for r in ("host", "guest")}, {"host": {}, "guest": {}},
                           tmp_path / "p")
+
+
+@pytest.mark.usefixtures("needs_sandbox")
+def test_each_submission_builds_with_a_ccache_of_its_own_removed_once_graded(tmp_path, monkeypatch):
+    """grade() gives every submission's pairings a ccache directory of its own inside the
+    batch's (it names their worktrees and private ccaches) and removes it, and the
+    worktrees it names, once the submission is graded."""
+    from harness import cache, kbuild
+    from harness.grade import grader
+    from harness.grade.pairing import PairingResult
+
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
+    batch_cc = tmp_path / "out" / ".ccache"
+    c = ctx(tmp_path / "out")
+    c.run_pairings = True
+    c.base = config.override(c.base, [f'kernel.sandbox_ccache="{batch_cc}"'])
+    seen = {}
+
+    def fake(base, p, prof, out_dir, progress):   # what a build leaves: its worktree, its ccache
+        own = Path(base.kernel.sandbox_ccache)
+        (own / "host").mkdir(parents=True, exist_ok=True)
+        (cache.cache_root() / "work" / f"k-host{kbuild.sandboxed_worktree_tag(own)}" / "build").mkdir(
+            parents=True, exist_ok=True)
+        seen.setdefault(out_dir.parent.name, set()).add(own)
+        return PairingResult(p.name, "ran", summary={"scenarios": []})
+
+    monkeypatch.setattr(grader, "run_pairing", fake)
+    f = fixtures("6.1")[0]
+    for sid in ("g01", "g02"):
+        make_zip(tmp_path / f"{sid}_hw2.zip", f.files())
+        grader.grade(tmp_path / f"{sid}_hw2.zip", sid, c)
+    assert seen == {"g01": {batch_cc / "submissions" / "g01"}, "g02": {batch_cc / "submissions" / "g02"}}
+    assert not list((batch_cc / "submissions").iterdir()) and not list((cache.cache_root() / "work").glob("k-*"))

@@ -242,3 +242,140 @@ def test_a_make_that_looks_around_sees_nothing_of_the_machine(tmp_path, monkeypa
     assert "Read-only file system" in said["store-write"] or "Permission denied" in said["store-write"]
     assert int(said["uid"]) >= 200000 and said["env"].strip() == "0"
     assert kb.image.read_text() == "core v2\n" and not (kbuild.shared_store() / "poison").exists()
+
+
+# a fake kernel: its Image is core.c plus every object the build directory holds, so what
+# one build leaves in build/ shows in the next Image built there; as kbuild does, it
+# recompiles (``compiled``) when the command saved in a .cmd file, which names the sources
+# by absolute path, is not the one it would run
+OBJECTS_MAKEFILE = """\
+VERSION = 6
+PATCHLEVEL = 1
+SUBLEVEL = 99
+EXTRAVERSION =
+CMD := cmd_core.o := cc -I$(CURDIR)/include -c $(CURDIR)/core.c
+allnoconfig:
+\t@mkdir -p $(O) && cp $(KCONFIG_ALLCONFIG) $(O)/.config
+Image:
+\t@grep -qxF -- '$(CMD)' $(O)/.core.o.cmd || { echo compiled >> $(O)/history.o; echo '$(CMD)' > $(O)/.core.o.cmd; }
+\t@if grep -q PLANT core.c; then echo poison > $(O)/planted.o; fi
+\t@echo built >> $(O)/history.o
+\t@mkdir -p $(O)/arch/arm64/boot && cat core.c $(O)/*.o > $(O)/arch/arm64/boot/Image
+"""
+
+
+def fake_kernel(tmp_path, monkeypatch):
+    from harness import profiles
+
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kbuild, "compiler_version", lambda: "fake-gcc 1.0")
+    monkeypatch.setattr(kbuild, "COMMON_FRAGMENT", tmp_path / "common.config")
+    monkeypatch.setattr(profiles, "COMMON_FRAGMENT", tmp_path / "common.config")
+    (tmp_path / "common.config").write_text("CONFIG_A=y\n")
+    root = tmp_path / "pristine"
+    root.mkdir()
+    (root / "Makefile").write_text(OBJECTS_MAKEFILE)
+    (root / "core.c").write_text("core v1\n")
+    (root / "other.c").write_text("other v1\n")
+    src = SourceTree(origin="fake", identity="fake:1", root=root, version=(6, 1, 99))
+    profile = profiles.Profile(name="fake", directory=tmp_path, matches=("6.1",), syscall_nr=451,
+                               hvc_func_id=0xC6000040)
+    return lambda **kw: kbuild.Builder(src, profile, jobs=1, use_ccache=False, progress=lambda m: None, **kw)
+
+
+def edit(name: str, old: str, new: str, patch_name: str):
+    from harness.patches import Patch
+    return Patch.parse(f"diff --git a/{name} b/{name}\n--- a/{name}\n+++ b/{name}\n@@ -1 +1 @@\n-{old}\n+{new}\n"
+                       .encode(), patch_name)
+
+
+def submission_builder(make, tmp_path, sub_id):
+    from harness import config
+    from harness.grade.grader import own_ccache
+
+    cfg = config.override(config.load(config.CONFIGS / "grade.yaml"),
+                          [f'kernel.sandbox_ccache="{tmp_path / "out" / ".ccache"}"'])
+    own = own_ccache(cfg, sub_id)
+    return make(sandboxed=True, sandbox_ccache=own), own
+
+
+@pytest.mark.usefixtures("needs_sandbox")
+def test_submissions_of_a_batch_build_in_worktrees_and_ccaches_of_their_own(tmp_path, monkeypatch):
+    """Real bubblewrap and make: submission A's make plants an object in its build
+    directory; submission B of the same batch, built after it, does not link it, and
+    grading A removes its worktree and private ccache."""
+    make = fake_kernel(tmp_path, monkeypatch)
+    a, own_a = submission_builder(make, tmp_path, "g01")
+    b, own_b = submission_builder(make, tmp_path, "g02")
+    ka = a.build("host", edit("core.c", "core v1", "PLANT", "a.patch"), tmp_path / "logs-a")
+    assert "poison" in ka.image.read_text()
+    kb = b.build("host", edit("core.c", "core v1", "core v2", "b.patch"), tmp_path / "logs-b")
+    assert kb.image.read_text() == "core v2\ncompiled\nbuilt\n"        # nothing of A's build directory
+    assert a.work != b.work and not (b.work / "build" / "planted.o").exists()
+    assert a.ccache_dir != b.ccache_dir and a.ccache_dir.is_relative_to(own_a) and b.ccache_dir.is_relative_to(own_b)
+    assert kbuild.remove_sandboxed_builds(own_a) == [a.work]
+    assert not a.work.exists() and not own_a.exists() and b.work.exists() and own_b.exists()
+
+
+@pytest.mark.usefixtures("needs_sandbox")
+def test_a_submission_worktree_starts_from_the_trusted_one_without_sharing_what_it_writes(tmp_path, monkeypatch):
+    """A new sandboxed worktree is seeded from the trusted worktree of its role: its
+    build directory a copy (the trusted one keeps its inodes and content), its sources
+    links that the harness's restore and patch replace rather than write through, its
+    commands naming its own paths."""
+    make = fake_kernel(tmp_path, monkeypatch)
+    trusted = make()
+    trusted.build("host", edit("other.c", "other v1", "other ref", "ref.patch"), tmp_path / "logs-t")
+    t_build, t_src = trusted.work / "build", trusted.work / "src"
+    t_history = (t_build / "history.o").stat()
+    said = []
+    sub, _ = submission_builder(make, tmp_path, "g01")
+    sub.progress = said.append
+    k = sub.build("host", edit("core.c", "core v1", "PLANT", "a.patch"), tmp_path / "logs-a")
+    assert any("from the trusted" in m for m in said), said
+    # the trusted build directory came along (history.o: built once before), its commands
+    # renamed to this worktree's paths (nothing recompiled for them) ...
+    assert k.image.read_text() == "PLANT\ncompiled\nbuilt\nbuilt\npoison\n"
+    s_build, s_src = sub.work / "build", sub.work / "src"
+    # ... as a copy: the trusted one is untouched
+    assert (s_build / "history.o").stat().st_ino != t_history.st_ino
+    assert (t_build / "history.o").read_text() == "compiled\nbuilt\n" and not (t_build / "planted.o").exists()
+    # the sources: unpatched files still links, the patched and the restored ones private
+    assert (s_src / "Makefile").stat().st_ino == (t_src / "Makefile").stat().st_ino
+    assert (t_src / "core.c").read_text() == "core v1\n" and (tmp_path / "pristine" / "core.c").read_text() == "core v1\n"
+    assert (s_src / "other.c").read_text() == "other v1\n" and (t_src / "other.c").read_text() == "other ref\n"
+    cmd = (s_build / ".core.o.cmd").read_text()
+    assert str(s_src) in cmd and str(t_src) not in cmd
+    assert str(t_src) in (t_build / ".core.o.cmd").read_text()
+
+
+def test_a_worktree_is_seeded_only_from_a_clean_trusted_one(tmp_path, monkeypatch):
+    make = fake_kernel(tmp_path, monkeypatch)
+    sub, _ = submission_builder(make, tmp_path, "g01")
+    sub.work = sub.work_base / f"{sub.config_key}-host{sub.worktree_tag}"
+    sub.work.mkdir(parents=True)
+    assert not sub._seed(tmp_path / "log")                      # no trusted worktree
+    trusted = sub.work_base / f"{sub.config_key}-host"
+    (trusted / "src").mkdir(parents=True)
+    (trusted / "build").mkdir()
+    (trusted / "build" / ".config").write_text("CONFIG_A=y\n")
+    (trusted / "state.json").write_text('{"patch": null, "files": [], "created": [], "dirty": true}')
+    assert not sub._seed(tmp_path / "log")                      # killed mid-checkout
+
+
+@pytest.mark.parametrize("fuzzy", [False, True])
+def test_applying_a_patch_never_writes_through_a_hard_link(tmp_path, fuzzy):
+    """A seeded worktree's sources are links to the trusted worktree's and the pristine
+    tree's files: git apply (exact) and GNU patch (fuzz) give the patched file a new inode."""
+    from harness.patches import Patch
+
+    trusted, copy = tmp_path / "trusted", tmp_path / "copy"
+    trusted.mkdir()
+    (trusted / "f.c").write_text("".join(f"l{i}\n" for i in range(1, 8)))
+    subprocess.run(["cp", "-al", trusted, copy], check=True)
+    ctx = ("X2", "X6") if fuzzy else ("l2", "l6")
+    p = Patch.parse(f"diff --git a/f.c b/f.c\n--- a/f.c\n+++ b/f.c\n@@ -2,5 +2,5 @@\n {ctx[0]}\n l3\n-l4\n+L4\n"
+                    f" l5\n {ctx[1]}\n".encode(), "p.patch")
+    assert p.apply(copy) == ("fuzz" if fuzzy else "exact")
+    assert "L4" in (copy / "f.c").read_text() and "L4" not in (trusted / "f.c").read_text()
+    assert (copy / "f.c").stat().st_ino != (trusted / "f.c").stat().st_ino

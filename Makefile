@@ -13,7 +13,7 @@ SYSTEM_PYTHON ?= /usr/bin/python3
 VENV ?= $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 # the package list depends on the host architecture (no cross compiler on arm64)
-APT_PACKAGES = $(shell $(SYSTEM_PYTHON) $(CURDIR)/harness/hostarch.py apt-packages)
+APT_PACKAGES = $(shell $(SYSTEM_PYTHON) $(CURDIR)/harness/core/hostarch.py apt-packages)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup setup-system setup-python run experiments test unit e2e faults bench bench-grading soak clean lab-test lab-grade grade grade-test-full
@@ -57,13 +57,13 @@ faults: setup-python
 test: setup unit e2e faults
 
 bench: setup
-	$(PYTHON) -m harness.bench $(if $(COLD),--cold) $(if $(ONLY),--only $(ONLY))
+	$(PYTHON) -m harness.jobs.bench $(if $(COLD),--cold) $(if $(ONLY),--only $(ONLY))
 
 bench-grading: setup
-	$(PYTHON) -m harness.bench grading $(ZIP)
+	$(PYTHON) -m harness.jobs.bench grading $(ZIP)
 
 soak: setup-python
-	$(PYTHON) -m harness.bench soak $(or $(N),20)
+	$(PYTHON) -m harness.jobs.bench soak $(or $(N),20)
 
 clean: setup-python
 	$(PYTHON) -m harness clean

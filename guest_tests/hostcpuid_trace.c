@@ -11,7 +11,7 @@
  * CLOCK_MONOTONIC is built on) with one instruction instead of the vDSO, and turned
  * into CLOCK_MONOTONIC nanoseconds after the loop.
  * Records live in a pre-faulted memory buffer and are written to FILE in one go
- * at the end; the format is described in README.md and parsed by harness/trace.py.
+ * at the end; the format is described in README.md and parsed by harness/observe/trace.py.
  * On success one JSON line goes to stdout.  Exit codes: 0 ok, 2 bad arguments,
  * 3 pinning failed, 4 out of memory, 5 output file error.
  *

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import analysis, cache, config, interrupts, procs
-from .errors import HarnessError, exit_code, unexpected
+from .observe import analysis
+from .core import cache, config, interrupts, procs
+from .core.errors import HarnessError, exit_code, unexpected
 
 def _common(p: argparse.ArgumentParser, patches: bool = True) -> None:
     """Options shared by the commands; ``patches=False`` for grade, whose patches come from
@@ -30,7 +31,7 @@ def _common(p: argparse.ArgumentParser, patches: bool = True) -> None:
 
 
 def cmd_run(args) -> int:
-    from . import run
+    from .jobs import run
 
     cfg = config.from_args(args)
     summary = run.main_job(cfg, run_dir=Path(args.run_dir) if args.run_dir else None)
@@ -44,7 +45,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from . import experiment
+    from .jobs import experiment
 
     if not args.config:
         args.config = str(experiment.DEFAULT_EXPERIMENT)
@@ -71,7 +72,7 @@ def experiment_lines(exp: dict) -> str:
 
 
 def cmd_report(args) -> int:
-    from . import experiment
+    from .jobs import experiment
 
     path = experiment.render_report(Path(args.run_dir))
     print(f"report: {path} (and report.md, plots/, experiments.json)")
@@ -79,7 +80,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from . import run
+    from .jobs import run
 
     cfg = config.from_args(args)
     log_dir = Path(args.log_dir)

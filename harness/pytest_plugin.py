@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from . import config as config_mod
-from . import run as run_mod
+from .core import config as config_mod
+from .jobs import run as run_mod
 
 
 def pytest_addoption(parser):

@@ -6,7 +6,7 @@
 # the system directories.  Everything in there is the arm64 code path: the native gcc (no
 # cross compiler), the arm64 qemu-system-aarch64 (TCG: no KVM for it), hostarch's package
 # list -- and everything is slower, as on a small arm64 board (see KVM_HARNESS_SLOWDOWN in
-# harness/deadline.py: the harness measures the factor itself).
+# harness/core/deadline.py: the harness measures the factor itself).
 #
 #   sudo tools/arm64-check.sh                     # both roots, every step: setup unit run e2e
 #   sudo tools/arm64-check.sh setup unit          # only these steps

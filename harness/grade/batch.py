@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import kbuild, machine, procs, sandbox, sources
-from ..config import Config, override
-from ..errors import HarnessError
-from ..machine import QEMU
-from ..profiles import select
+from ..build import kbuild, sandbox, sources
+from ..stack import machine
+from ..core import procs
+from ..core.config import Config, override
+from ..core.errors import HarnessError
+from ..stack.machine import QEMU
+from ..build.profiles import select
 from . import intake, outputs, similarity
 from .errors import GradeInfraError
 from .grader import Context, grade
@@ -276,9 +278,9 @@ def merge(dirs: List[Path], out: Path, corpus: Optional[Path] = None) -> List[di
             if Path(d).resolve() != out.resolve():
                 shutil.copytree(f.parent, out / "submissions" / r["id"], dirs_exist_ok=True)
             if r.get("profile") and profile_dir is None:
-                from ..profiles import PROFILES
+                from ..build.profiles import PROFILES
                 profile_dir = PROFILES / r["profile"]
     out.mkdir(parents=True, exist_ok=True)
-    from ..profiles import PROFILES
+    from ..build.profiles import PROFILES
     finish(out, list(results.values()), profile_dir or PROFILES / "6.1", corpus)
     return list(results.values())

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..trace import RET_NOT_SUPPORTED, classify_ret
+from ..observe.trace import RET_NOT_SUPPORTED, classify_ret
 from . import flags
 from .pairing import HI_TAG, CallId, PairingResult
 from .rubric import CHECKS, Rubric

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import config
+from ..core import config
 from . import batch, rubric, similarity
 
 GRADE_CONFIG = config.CONFIGS / "grade.yaml"

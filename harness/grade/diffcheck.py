@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import PatchError
-from ..patches import Patch
+from ..core.errors import PatchError
+from ..build.patches import Patch
 
 TOP_DIRS = {"arch", "block", "certs", "crypto", "Documentation", "drivers", "fs", "include", "init", "ipc",
             "kernel", "lib", "mm", "net", "samples", "scripts", "security", "sound", "tools", "usr", "virt",

@@ -3,7 +3,7 @@ what happens: an IntakeError is the submission's (it is graded with what is ther
 a GradeInfraError is the machine's (the batch stops, nobody is graded as failing)."""
 from __future__ import annotations
 
-from ..errors import INFRA, INPUT, HarnessError
+from ..core.errors import INFRA, INPUT, HarnessError
 
 
 class IntakeError(HarnessError):

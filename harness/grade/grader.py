@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from .. import kbuild
-from ..config import Config, override
-from ..profiles import Profile
+from ..build import kbuild
+from ..core.config import Config, override
+from ..build.profiles import Profile
 from . import checks as chk
 from . import diffcheck, intake, machinery, outputs, pdfreport, static
 from .errors import GradeInfraError
@@ -63,7 +63,7 @@ def previous(ctx: Context, sub_id: str, digest: str) -> Optional[dict]:
 
 def own_ccache(cfg: Config, sub_id: str) -> Optional[Path]:
     """The ccache directory of a submission's sandboxed builds, inside the batch's: it
-    names their worktrees and private ccaches (harness/kbuild.py), so no submission builds
+    names their worktrees and private ccaches (harness/build/kbuild.py), so no submission builds
     in what another's make wrote.  Removed once the submission is graded.  None when
     builds are not sandboxed with a batch's ccache."""
     k = cfg.kernel

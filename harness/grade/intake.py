@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Tuple
 
-from ..cache import file_digest, tree_digest
+from ..core.cache import file_digest, tree_digest
 from .errors import IntakeError
 
 MEMBERS = ("kvm.patch", "vm.patch", "report.pdf")

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import config as cfgmod
-from .. import run
-from ..errors import INFRA, HarnessError
-from ..profiles import PROFILES
-from .. import groundtruth
-from ..trace import read_trace
+from ..core import config as cfgmod
+from ..jobs import run
+from ..core.errors import INFRA, HarnessError
+from ..build.profiles import PROFILES
+from ..observe import groundtruth
+from ..observe.trace import read_trace
 
 Progress = Callable[[str], None]
 HI_TAG = 0x5A5A          # the grading host's upper 32 bits in pairing "syscall"

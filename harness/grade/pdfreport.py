@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from .. import sandbox
-from ..deadline import scaled
+from ..build import sandbox
+from ..core.deadline import scaled
 
 MAX_THUMBS = 6
 

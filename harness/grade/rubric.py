@@ -9,7 +9,7 @@ from typing import Dict, List, Union
 
 import yaml
 
-from ..config import REPO
+from ..core.config import REPO
 from .errors import RubricError
 from .flags import SERIOUS
 

@@ -2,7 +2,7 @@
 
 Modules, one concept each:
   errors      typed failures naming the stage
-  sandbox     running untrusted programs confined (harness/sandbox.py; limits, timeout)
+  sandbox     running untrusted programs confined (harness/build/sandbox.py; limits, timeout)
   submission  unpacking a submission safely and finding its two sources
   guestapi    reading guest.c: which assignment functions it defines
   build       building the oracle shim, the reference, a submission, the test guest

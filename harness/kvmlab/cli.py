@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import List, Optional
 
-from .. import sandbox as confinement
+from ..build import sandbox as confinement
 from . import build as buildmod
 from . import oracle
 from .errors import KvmLabError

@@ -1,10 +1,10 @@
 """Typed failures of the KVM-API lab.  Each names its stage and whose fault it is.
 
-They derive from ``harness.errors.HarnessError``, so the rest of the harness renders them.
+They derive from ``harness.core.errors.HarnessError``, so the rest of the harness renders them.
 """
 from __future__ import annotations
 
-from harness.errors import HarnessError as _Base, INFRA, INPUT, SUBJECT
+from harness.core.errors import HarnessError as _Base, INFRA, INPUT, SUBJECT
 
 
 class KvmLabError(_Base):

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .. import buildlog
-from .. import sandbox as confinement
+from ..build import buildlog
+from ..build import sandbox as confinement
 from . import build as buildmod
 from . import fileops, guestapi, handin as handinmod, oracle, ownrun
 from . import rubric as rubricmod

@@ -1,6 +1,6 @@
 """Running untrusted programs: a student's build and a student's hypervisor.
 
-Each runs confined by the harness's sandbox (harness/sandbox.py ``confine``): it sees
+Each runs confined by the harness's sandbox (harness/build/sandbox.py ``confine``): it sees
 the system's programs and libraries read-only, a synthesized /etc (no shadow, no
 keys), the directories it is given (``writable``: its build or run directory;
 ``readable``: the binary it runs, the oracle shim) and nothing else of the host - not
@@ -9,7 +9,7 @@ network, its own pid namespace, and an unprivileged uid with no capability.
 
 The hypervisor's run gets /dev/kvm (``devices``): the host's node is root's 0600, so
 the sandbox gets a node of its own, the same device owned by its uid
-(``harness.sandbox.device_node``); it never runs as root.
+(``harness.build.sandbox.device_node``); it never runs as root.
 
 Limits: CPU seconds, address space, bytes per file, open files, processes of its uid,
 no core; its own session/process group, PR_SET_PDEATHSIG=SIGKILL (killing the harness
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from .. import sandbox as confinement
-from ..errors import InfraError
+from ..build import sandbox as confinement
+from ..core.errors import InfraError
 from .errors import KvmUnavailable, SandboxError
 
 KVM_GET_API_VERSION = 0xAE00

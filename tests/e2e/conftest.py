@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import config as config_mod
-from harness.config import ENV_TREE
+from harness.core import config as config_mod
+from harness.core.config import ENV_TREE
 
 
 @pytest.fixture(scope="session", params=["configured", "own-tree"])

@@ -7,7 +7,7 @@ from typing import List
 
 import pytest
 
-from harness import hostarch, procs
+from harness.core import hostarch, procs
 
 
 def require_stack_tools() -> None:

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from harness import accel
+from harness.stack import accel
 
 from .helpers import require_stack_tools
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from harness import buildlog
-from harness import run as run_mod
-from harness.config import override
-from harness.errors import BuildError
+from harness.build import buildlog
+from harness.jobs import run as run_mod
+from harness.core.config import override
+from harness.core.errors import BuildError
 
 from .helpers import require_stack_tools
 

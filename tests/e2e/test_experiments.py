@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import experiment
-from harness import run as run_mod
-from harness import config as config_mod
+from harness.jobs import experiment
+from harness.jobs import run as run_mod
+from harness.core import config as config_mod
 
 from .helpers import processes_mentioning, require_stack_tools
 

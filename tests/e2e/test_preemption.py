@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import run as run_mod
-from harness.config import override
+from harness.jobs import run as run_mod
+from harness.core.config import override
 
 from .helpers import processes_mentioning, require_stack_tools
 

@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from harness import nested
-from harness import run as run_mod
-from harness.config import override
-from harness.config import Scenario
-from harness.trace import read_trace
+from harness.stack import nested
+from harness.jobs import run as run_mod
+from harness.core.config import override
+from harness.core.config import Scenario
+from harness.observe.trace import read_trace
 
 from .helpers import processes_mentioning, require_stack_tools
 
@@ -145,7 +145,7 @@ def test_no_qemu_left_after_the_run(harness_config, artefacts, e2e_runs):
 def test_failed_boot_is_named_and_cleaned_up(harness_config, artefacts, e2e_runs, tmp_path):
     """A kernel that cannot boot (here: L1 told to use a root device that does not exist
     and to panic at once) ends in BootError with the console tail, and no QEMU stays."""
-    from harness.errors import BootError
+    from harness.core.errors import BootError
 
     cfg = override(harness_config, ["l1.append=root=/dev/nonexistent rootwait=0 rootdelay=0"])
     run_dir = run_mod.new_run_dir(cfg, "bad-boot")

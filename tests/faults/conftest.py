@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from harness import cache, procs
+from harness.core import cache, procs
 
 REPO = Path(__file__).resolve().parents[2]
 

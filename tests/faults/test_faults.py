@@ -14,8 +14,10 @@ from typing import Tuple
 
 import pytest
 
-from harness import cache, config, images, profiles, resources, sources, ssh
-from harness.errors import SourceError
+from harness.core import cache, config, resources
+from harness.stack import images, ssh
+from harness.build import profiles, sources
+from harness.core.errors import SourceError
 
 from .conftest import (Live, alive, descendants, harness_argv, in_overlay, no_process_left, processes_mentioning,
                        run, warm_cache_or_skip)
@@ -158,7 +160,7 @@ def test_sigint_during_a_kernel_build_stops_make_and_the_next_build_goes_on(warm
 def test_unexpected_exception_is_exit_3_in_one_line_with_the_traceback_in_the_log(warm, tmp_path):
     run_dir = tmp_path / "run"
     code = ("import sys\n"
-            "from harness import images\n"
+            "from harness.stack import images\n"
             "def broken(*a, **k):\n"
             "    raise ValueError(\"invalid literal for int() with base 10: 'garbage'\")\n"
             "images.payload_disk = broken\n"

@@ -4,8 +4,9 @@ from typing import Optional, Tuple
 
 import pytest
 
-from harness import cache, distro, profiles, sandbox, sources
-from harness.errors import HarnessError, SourceError
+from harness.core import cache, distro
+from harness.build import profiles, sandbox, sources
+from harness.core.errors import HarnessError, SourceError
 
 @pytest.fixture(scope="session")
 def needs_sandbox():

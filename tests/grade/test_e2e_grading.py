@@ -1,7 +1,7 @@
 """Grading on the real stack: builds (sandboxed), L1/L2 boots, the three pairings.
 
 The kernel is this machine's default, as configs/grade.yaml's `kernel.tarball: auto` picks it
-(harness/distro.py: linux-source-6.1 on Debian 12, linux-source-6.12 on Debian 13), and the
+(harness/core/distro.py: linux-source-6.1 on Debian 12, linux-source-6.12 on Debian 13), and the
 fixtures are that profile's.  `pytest -m e2e tests/grade` grades the representative subset
 (fixtures with e2e=True: one correct design, one wrong host, one wrong guest); `pytest -m
 grade_full` grades every fixture of the default profile (and, with
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import config
+from harness.core import config
 from harness.grade import batch, outputs, rubric
 from tests.grade.conftest import grading_source
 from tests.grade.fixtures import fixtures, make_zip

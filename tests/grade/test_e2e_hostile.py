@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import config, procs
+from harness.core import config, procs
 from harness.grade import batch, rubric
 from tests.grade.conftest import grading_source
 from tests.grade.fixtures import fixtures, make_zip

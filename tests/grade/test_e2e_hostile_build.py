@@ -15,7 +15,8 @@ import json
 
 import pytest
 
-from harness import cache, config, kbuild
+from harness.core import cache, config
+from harness.build import kbuild
 from harness.grade import batch, rubric
 from tests.grade.conftest import grading_source
 from tests.grade.fixtures import make_zip, pdf

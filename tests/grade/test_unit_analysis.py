@@ -16,7 +16,7 @@ def ev(text, role):
 
 
 def test_syscall_numbers_are_the_profiles():
-    from harness.profiles import all_profiles
+    from harness.build.profiles import all_profiles
 
     assert NR == {v: p.syscall_nr for v, p in all_profiles().items()}
 

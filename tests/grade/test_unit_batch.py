@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import config
+from harness.core import config
 from harness.grade import batch, outputs, rubric
 from harness.grade.grader import Context
-from harness.profiles import all_profiles
+from harness.build.profiles import all_profiles
 from tests.grade.conftest import tree_or_skip
 from tests.grade.fixtures import bad_zips, fixtures, make_zip
 
@@ -198,7 +198,8 @@ def test_each_submission_builds_with_a_ccache_of_its_own_removed_once_graded(tmp
     """grade() gives every submission's pairings a ccache directory of its own inside the
     batch's (it names their worktrees and private ccaches) and removes it, and the
     worktrees it names, once the submission is graded."""
-    from harness import cache, kbuild
+    from harness.core import cache
+    from harness.build import kbuild
     from harness.grade import grader
     from harness.grade.pairing import PairingResult
 

@@ -6,10 +6,11 @@ import subprocess
 
 import pytest
 
-from harness import cache, kbuild
+from harness.core import cache
+from harness.build import kbuild
 from harness.grade import batch
-from harness.profiles import all_profiles
-from harness.sources import SourceTree
+from harness.build.profiles import all_profiles
+from harness.build.sources import SourceTree
 
 
 def builder(tmp_path, monkeypatch, **kw):
@@ -53,7 +54,8 @@ def test_a_sandboxed_compile_hits_the_shared_ccache_and_cannot_write_it(tmp_path
     (remote hit), and its attempt to write the store is refused."""
     import shutil
     import pytest
-    from harness import procs, sandbox
+    from harness.core import procs
+    from harness.build import sandbox
     if not shutil.which("gcc") or not shutil.which("ccache"):
         pytest.skip("gcc and ccache needed")
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
@@ -117,9 +119,9 @@ def test_a_sandboxed_make_cannot_write_the_pristine_sources_through_the_worktree
     """A worktree's sources are hard links to the pristine tree: a patch whose make writes
     into them would change every later build.  Under the sandbox the write fails, the
     patch is blamed, and the pristine file is untouched (real bubblewrap, real make)."""
-    from harness import profiles
-    from harness.errors import BuildError
-    from harness.patches import Patch
+    from harness.build import profiles
+    from harness.core.errors import BuildError
+    from harness.build.patches import Patch
     import pytest
 
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
@@ -164,7 +166,7 @@ def test_a_finished_batch_removes_its_worktrees_only(tmp_path, monkeypatch):
 
 @pytest.mark.usefixtures("needs_sandbox")
 def test_the_deeper_of_two_nested_binds_decides_and_no_capability_is_kept(tmp_path):
-    from harness import sandbox
+    from harness.build import sandbox
 
     ro, rw = tmp_path / "ro", tmp_path / "ro" / "rw"
     rw.mkdir(parents=True)
@@ -177,8 +179,8 @@ def test_the_deeper_of_two_nested_binds_decides_and_no_capability_is_kept(tmp_pa
 
 
 def test_preflight_says_which_limits_hold(tmp_path, monkeypatch, needs_sandbox):
-    from harness import config
-    from harness import sandbox
+    from harness.core import config
+    from harness.build import sandbox
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
     done = batch.preflight(config.load(config.CONFIGS / "grade.yaml"), tmp_path / "out", False, lambda m: None)
     assert sandbox.limits_mechanism() in done and any(d.startswith("limits: rlimits") for d in done)
@@ -206,8 +208,8 @@ Image:
 def test_a_make_that_looks_around_sees_nothing_of_the_machine(tmp_path, monkeypatch, needs_sandbox):
     """A sandboxed kernel build (real Builder, bubblewrap, make) whose Makefile probes the
     machine with $(shell): every probe is refused, visible in the build log."""
-    from harness import profiles
-    from harness.patches import Patch
+    from harness.build import profiles
+    from harness.build.patches import Patch
 
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("H18_HARNESS_SECRET", "leak")
@@ -265,7 +267,7 @@ Image:
 
 
 def fake_kernel(tmp_path, monkeypatch):
-    from harness import profiles
+    from harness.build import profiles
 
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(kbuild, "compiler_version", lambda: "fake-gcc 1.0")
@@ -284,13 +286,13 @@ def fake_kernel(tmp_path, monkeypatch):
 
 
 def edit(name: str, old: str, new: str, patch_name: str):
-    from harness.patches import Patch
+    from harness.build.patches import Patch
     return Patch.parse(f"diff --git a/{name} b/{name}\n--- a/{name}\n+++ b/{name}\n@@ -1 +1 @@\n-{old}\n+{new}\n"
                        .encode(), patch_name)
 
 
 def submission_builder(make, tmp_path, sub_id):
-    from harness import config
+    from harness.core import config
     from harness.grade.grader import own_ccache
 
     cfg = config.override(config.load(config.CONFIGS / "grade.yaml"),
@@ -367,7 +369,7 @@ def test_a_worktree_is_seeded_only_from_a_clean_trusted_one(tmp_path, monkeypatc
 def test_applying_a_patch_never_writes_through_a_hard_link(tmp_path, fuzzy):
     """A seeded worktree's sources are links to the trusted worktree's and the pristine
     tree's files: git apply (exact) and GNU patch (fuzz) give the patched file a new inode."""
-    from harness.patches import Patch
+    from harness.build.patches import Patch
 
     trusted, copy = tmp_path / "trusted", tmp_path / "copy"
     trusted.mkdir()

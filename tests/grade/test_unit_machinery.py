@@ -2,7 +2,7 @@
 the patch's half, are flagged for a human with the hunk; adding a source file and its
 object line is not."""
 from harness.grade import machinery, outputs
-from harness.profiles import all_profiles
+from harness.build.profiles import all_profiles
 
 
 def diff(path, old, new, created=False):

@@ -2,9 +2,9 @@
 import pytest
 import yaml
 
-from harness import groundtruth
+from harness.observe import groundtruth
 from harness.grade import checks as chk
-from harness.groundtruth import CallKey, HostTrace, Hvc
+from harness.observe.groundtruth import CallKey, HostTrace, Hvc
 from harness.grade import flags, outputs, rubric, similarity
 from harness.grade.errors import RubricError
 from harness.grade.pairing import HI_TAG, CallId, PairingResult, issued_from_trace
@@ -242,7 +242,7 @@ def test_recheck_with_the_learned_id_redoes_the_verdict(tmp_path):
     (hvc-mismatch) is redone for the ID learned from L1's trace, on disk too."""
     import json
 
-    from harness import trace as tr
+    from harness.observe import trace as tr
     from harness.grade.pairing import recheck
 
     d = tmp_path / "e2e"
@@ -254,7 +254,7 @@ def test_recheck_with_the_learned_id_redoes_the_verdict(tmp_path):
     (d / "traces" / "loaded" / "l1-trace.txt").write_text("\n".join(lines) + "\n")
     (d / "traces" / "loaded" / "vcpu0.bin").write_bytes(
         tr.make_trace_bytes([(k, k, 0, c, 1000) for k, c in enumerate([1, 1, 2, 2])], pinned_vcpu=0))
-    from harness import run
+    from harness.jobs import run
 
     # as the run left it: judged with the reference's ID, the vCPU itself is hvc-mismatch
     per = run.judge_ground_truth({"verdict": "ok", "ground_truth": {"aligned": False, "reason": "0 HVCs"}}, 0)

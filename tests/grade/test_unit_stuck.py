@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from harness import config, run
-from harness.errors import InfraError, StageTimeout
+from harness.core import config
+from harness.jobs import run
+from harness.core.errors import InfraError, StageTimeout
 from harness.grade import grader, rubric
 from harness.grade.diffcheck import DiffReport
 from harness.grade.errors import GradeInfraError
 from harness.grade.grader import Context
 from harness.grade.pairing import Pairing, PairingResult, classify
-from harness.profiles import all_profiles
+from harness.build.profiles import all_profiles
 
 BUG = ("[   41.2] kernel BUG at arch/arm64/kvm/hypercalls.c:236!\n"
        "[   41.2] Internal error: Oops - BUG: 00000000f2000800 [#1] PREEMPT SMP\n")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness import sandbox as confinement
+from harness.build import sandbox as confinement
 from harness.kvmlab import LAB_DIR, build, guestapi, oracle
 from harness.kvmlab.sandbox import KVM_DEVICE, base_env, run_untrusted
 

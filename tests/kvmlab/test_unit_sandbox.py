@@ -76,7 +76,7 @@ import stat  # noqa: E402
 
 import pytest  # noqa: E402
 
-from harness import sandbox as confinement  # noqa: E402
+from harness.build import sandbox as confinement  # noqa: E402
 from harness.kvmlab import build as buildmod  # noqa: E402
 from harness.kvmlab.sandbox import base_env  # noqa: E402
 

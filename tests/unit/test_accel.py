@@ -1,8 +1,8 @@
 """accel: auto/kvm/tcg decided from the host architecture, /dev/kvm and QEMU's probe."""
 import pytest
 
-from harness import accel
-from harness.errors import INPUT
+from harness.stack import accel
+from harness.core.errors import INPUT
 
 REFUSED = (1, "qemu-system-aarch64: mach-virt: KVM does not support providing Virtualization extensions "
               "to the guest CPU\n")

@@ -2,7 +2,7 @@
 machine, load average and commit; a partial bench replaces only the rows it measured."""
 import subprocess
 
-from harness import bench
+from harness.jobs import bench
 
 WARM = {"seconds": 14.2, "verdict": "ok", "timings": {}, "builds": {}, "l1_accel": "tcg"}
 REBUILD = {"seconds": 8.1, "cpu_seconds": 9.0, "compiled_files": 1, "ccache": {}, "cached": False, "same_image": False}

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from harness.errors import StageTimeout
-from harness.qmp import Monitor
+from harness.core.errors import StageTimeout
+from harness.stack.qmp import Monitor
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}
 
@@ -106,7 +106,7 @@ def test_qmp_answers_come_back_over_a_socket_object(tmp_path):
 
 import paramiko  # noqa: E402
 
-from harness.ssh import Session  # noqa: E402
+from harness.stack.ssh import Session  # noqa: E402
 
 
 class WedgedServer(paramiko.ServerInterface):
@@ -224,7 +224,7 @@ class FakeL1Shell:
 
 @pytest.mark.parametrize("unkillable", [False, True])
 def test_l2_that_does_not_quit_is_killed_from_l1_by_pid(tmp_path, unkillable):
-    from harness import nested
+    from harness.stack import nested
     peer = FakeQMP(tmp_path / "q.sock", "deaf")
     g = nested.Guest(nested.GuestSpec(), l1=None, l1_ssh=FakeL1Shell(unkillable), run_dir=tmp_path)
     g.pid = 4321
@@ -244,8 +244,9 @@ def test_l2_that_does_not_quit_is_killed_from_l1_by_pid(tmp_path, unkillable):
 def test_l1_that_does_not_answer_quit_is_killed_from_l0(tmp_path):
     import sys
 
-    from harness import machine, procs
-    from harness.console import Console
+    from harness.stack import machine
+    from harness.core import procs
+    from harness.stack.console import Console
     qmp = tmp_path / "l1-qmp.sock"
     # a "QEMU" that accepts QMP, greets, and then never answers (its main loop is stuck)
     script = (f"import socket,time,json\ns=socket.socket(socket.AF_UNIX);s.bind({str(qmp)!r});s.listen(1)\n"
@@ -276,7 +277,7 @@ def test_l1_that_does_not_answer_quit_is_killed_from_l0(tmp_path):
 def handlers():
     import signal
 
-    from harness import interrupts
+    from harness.core import interrupts
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     interrupts.install()
     yield

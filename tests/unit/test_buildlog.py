@@ -1,9 +1,9 @@
-"""harness/buildlog.py on build logs shaped like real ones (kbuild at -j2 with gcc 12,
+"""harness/build/buildlog.py on build logs shaped like real ones (kbuild at -j2 with gcc 12,
 binutils 2.40): the first error, named by file, tool and message, found wherever
 parallel make put it."""
 from __future__ import annotations
 
-from harness import buildlog
+from harness.build import buildlog
 
 CC_LINES = [f"  CC      arch/arm64/kvm/{n}.o" for n in
             ("arm", "mmu", "mmio", "psci", "hypercalls", "pvtime", "inject_fault", "regmap", "va_layout")]

@@ -1,4 +1,4 @@
-"""harness/cache.py: keys, entries built once and atomically, location, tree digests."""
+"""harness/core/cache.py: keys, entries built once and atomically, location, tree digests."""
 import os
 import threading
 import time
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cache
+from harness.core import cache
 
 
 @pytest.fixture(autouse=True)
@@ -64,9 +64,9 @@ def test_key_of_known_value_is_deterministic():
     import subprocess
     import sys
 
-    code = "from harness import cache; print(cache.key_of(source='s', patch='p', n=1, d={'b': 2, 'a': 1}))"
+    code = "from harness.core import cache; print(cache.key_of(source='s', patch='p', n=1, d={'b': 2, 'a': 1}))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           cwd=Path(cache.__file__).parent.parent,
+                           cwd=Path(cache.__file__).parents[2],
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
             for seed in ("1", "2")}
     assert outs == {cache.key_of(source="s", patch="p", n=1, d={"a": 1, "b": 2})}
@@ -311,7 +311,8 @@ def test_cache_root_and_run_dirs_are_private(tmp_path, monkeypatch):
     import os
     import stat
 
-    from harness import config, run
+    from harness.core import config
+    from harness.jobs import run
 
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "c"))
     os.umask(0o022)

@@ -1,10 +1,10 @@
-"""harness/config.py: loading, strict validation, overrides, paths."""
+"""harness/core/config.py: loading, strict validation, overrides, paths."""
 from pathlib import Path
 
 import pytest
 
-from harness import config
-from harness.errors import ConfigError, INPUT
+from harness.core import config
+from harness.core.errors import ConfigError, INPUT
 
 
 def write(tmp_path, text, name="c.yaml"):

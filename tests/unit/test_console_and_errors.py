@@ -1,14 +1,14 @@
-"""harness/console.py (crash signatures, Console on a real local process) and
-harness/errors.py (rendering, tails)."""
+"""harness/stack/console.py (crash signatures, Console on a real local process) and
+harness/core/errors.py (rendering, tails)."""
 import threading
 import time
 
 import pytest
 
-from harness import errors
-from harness.console import Console, scan
-from harness.deadline import Deadline
-from harness.errors import BootError, BuildError, HarnessError, StageTimeout, tail_of
+from harness.core import errors
+from harness.stack.console import Console, scan
+from harness.core.deadline import Deadline
+from harness.core.errors import BootError, BuildError, HarnessError, StageTimeout, tail_of
 
 # -- scan ----------------------------------------------------------------------------------
 
@@ -328,7 +328,7 @@ def test_abort_callback(consoles):
 
 
 def test_deadline_parent_bounds_child(monkeypatch):
-    from harness import deadline as deadline_mod
+    from harness.core import deadline as deadline_mod
     now = [1000.0]
     monkeypatch.setattr(deadline_mod.time, "monotonic", lambda: now[0])
     parent = Deadline(0.05, "job")
@@ -363,7 +363,7 @@ def test_a_ctrl_c_swallowed_by_a_destructor_is_raised_again_by_the_next_wait():
     import sys
 
     code = ("import gc, os, signal\n"
-            "from harness import interrupts\nfrom harness.deadline import Deadline\n"
+            "from harness.core import interrupts\nfrom harness.core.deadline import Deadline\n"
             "interrupts.install()\n"
             "class Closing:\n    def __del__(self):\n        os.kill(os.getpid(), signal.SIGINT)\n"
             "Closing(); gc.collect()\n"
@@ -377,8 +377,9 @@ def test_a_ctrl_c_swallowed_by_a_destructor_is_raised_again_by_the_next_wait():
 def test_cli_reports_a_failure_after_a_swallowed_ctrl_c_as_the_interrupt(monkeypatch, capsys):
     import signal
 
-    from harness import cli, interrupts
-    from harness.errors import StageTimeout
+    from harness import cli
+    from harness.core import interrupts
+    from harness.core.errors import StageTimeout
 
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -408,7 +409,7 @@ def test_a_log_that_stops_being_writable_keeps_the_tools_own_words(tmp_path):
     import sys
 
     code = ("import resource, signal, sys\n"
-            "from harness import procs\nfrom harness.errors import BuildError\n"
+            "from harness.core import procs\nfrom harness.core.errors import BuildError\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))\n"
             "script = 'for i in $(seq 40); do echo \"  CC kernel/f$i.o\"; done; "

@@ -1,4 +1,4 @@
-"""ccache's key for kernel objects (harness/ccache-cpp-key): what a header edit that only
+"""ccache's key for kernel objects (harness/build/ccache-cpp-key): what a header edit that only
 adds unused macros leaves behind must not change it; anything the compiler sees must.
 Real gcc and real ccache on a two-file program."""
 import os
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import kbuild
+from harness.build import kbuild
 
 GCC = kbuild.CROSS_COMPILE + "gcc"
 pytestmark = pytest.mark.skipif(not shutil.which(GCC), reason=f"{GCC} not installed (make setup)")

@@ -1,9 +1,10 @@
-"""harness/distro.py (+ sources.auto_tarball, hostarch): the embedded default kernel follows the
+"""harness/core/distro.py (+ sources.auto_tarball, hostarch): the embedded default kernel follows the
 Debian release; faked /usr/src and os-release."""
 import pytest
 
-from harness import distro, hostarch, sources
-from harness.errors import SourceError
+from harness.core import distro, hostarch
+from harness.build import sources
+from harness.core.errors import SourceError
 
 BOOKWORM = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\n' \
            'VERSION_CODENAME=bookworm\nID=debian\n'

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import groundtruth as gt
-from harness.groundtruth import CallKey
+from harness.observe import groundtruth as gt
+from harness.observe.groundtruth import CallKey
 
 DATA = Path(__file__).parent / "data"
 FID = 0xC6000040

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from harness import hostarch
+from harness.core import hostarch
 
 
 @pytest.mark.parametrize("arch", ["aarch64", "arm64"])

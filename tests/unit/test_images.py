@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import images
-from harness.errors import ImageError
+from harness.stack import images
+from harness.core.errors import ImageError
 
 
 def parse_newc(data: bytes):

@@ -1,4 +1,4 @@
-"""harness/kbuild.py: config-symbol checks and the cached, worktree-based Builder,
+"""harness/build/kbuild.py: config-symbol checks and the cached, worktree-based Builder,
 driven against a tiny fake kernel tree whose Makefile mimics kbuild's interface
 (``make -C src O=build ARCH=... allnoconfig|Image``)."""
 import json
@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import cache, hostarch, kbuild, profiles
-from harness.errors import BuildError, InfraError, PatchError
-from harness.patches import Patch
-from harness.profiles import Profile
-from harness.sources import SourceTree
+from harness.core import cache, hostarch
+from harness.build import kbuild, profiles
+from harness.core.errors import BuildError, InfraError, PatchError
+from harness.build.patches import Patch
+from harness.build.profiles import Profile
+from harness.build.sources import SourceTree
 
 # -- requested_symbols / missing_symbols ---------------------------------------------------
 
@@ -455,7 +456,7 @@ def test_source_paths_are_said_as_the_tree_does_absolute_or_relative_to_the_buil
     """6.1's kbuild names sources by absolute path; 6.12 (and v5.4 under make 4.4) by
     ../src/...: found in the Debian 13 root, where the first error read
     '../src/arch/arm64/kernel/host_cpuid.c:21'."""
-    from harness.kbuild import _strip_prefixes
+    from harness.build.kbuild import _strip_prefixes
 
     log = ("../src/arch/arm64/kernel/host_cpuid.c:21:9: error: 'x' undeclared\n"
            "In file included from /cache/wt/k-guest/src/include/linux/list.h:5,\n"

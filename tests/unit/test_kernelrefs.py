@@ -1,5 +1,5 @@
-"""harness/kernelrefs.py: the mechanism's file:line found in trees of each layout."""
-from harness import kernelrefs
+"""harness/observe/kernelrefs.py: the mechanism's file:line found in trees of each layout."""
+from harness.observe import kernelrefs
 
 HYPERCALLS_6_12 = """// SPDX
 static bool kvm_smccc_default_allowed(u32 func_id)

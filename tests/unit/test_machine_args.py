@@ -4,11 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import analysis, cli, config, nested, run
-from harness.errors import ConfigError
-from harness.machine import MachineSpec
-from harness.nested import GuestSpec
-from harness.trace import make_trace_bytes, parse_trace
+from harness.observe import analysis
+from harness import cli
+from harness.core import config
+from harness.stack import nested
+from harness.jobs import run
+from harness.core.errors import ConfigError
+from harness.stack.machine import MachineSpec
+from harness.stack.nested import GuestSpec
+from harness.observe.trace import make_trace_bytes, parse_trace
 
 
 def opt(argv, flag):
@@ -55,7 +59,7 @@ def test_l1_argv_under_tcg():
 def test_l1_qemu_runs_under_its_own_seccomp_filter(monkeypatch):
     """L1 boots a student's kernel: QEMU gets its seccomp sandbox (no exec/fork, no new
     privileges, no scheduling or resource changes, obsolete calls denied)."""
-    from harness import machine
+    from harness.stack import machine
     monkeypatch.setattr(machine, "seccomp_refused", lambda qemu=machine.QEMU: "")
     sandbox = opt(spec().argv(PORTS, Path("/q")), "-sandbox")
     assert len(sandbox) == 1
@@ -69,7 +73,7 @@ def test_this_qemu_is_asked_whether_it_takes_the_seccomp_options():
     """This QEMU is asked, not assumed: where it says it takes the options, a real start
     with them succeeds; where it refuses, its words are the reason."""
     import subprocess
-    from harness.machine import QEMU, SECCOMP, seccomp_refused
+    from harness.stack.machine import QEMU, SECCOMP, seccomp_refused
     r = subprocess.run([QEMU, *SECCOMP, "-machine", "virt", "-display", "none", "-nodefaults", "-qmp", "stdio"],
                        input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n', capture_output=True,
                        text=True, timeout=60)
@@ -83,7 +87,7 @@ def test_this_qemu_is_asked_whether_it_takes_the_seccomp_options():
 def test_a_qemu_without_seccomp_starts_without_the_options(tmp_path, monkeypatch):
     """A QEMU with no -sandbox (an arm64 root under qemu-user has no seccomp below it): L1 must
     still start (said), not fail at launch."""
-    from harness import machine
+    from harness.stack import machine
     fake = tmp_path / "qemu-system-aarch64"
     fake.write_text("#!/bin/sh\necho \"qemu-system-aarch64: -sandbox on: There is no option group 'sandbox'\" >&2\n"
                     "exit 1\n")
@@ -112,7 +116,7 @@ def test_l1_argv_extra_append_and_cpu_model():
 
 
 def test_l1_argv_under_kvm(monkeypatch):
-    from harness import accel
+    from harness.stack import accel
 
     monkeypatch.setattr(accel, "decide_once", lambda req: accel.Decision("kvm", "probe ok"))
     argv = spec(accel="kvm").argv(PORTS, Path("/q"))
@@ -121,7 +125,7 @@ def test_l1_argv_under_kvm(monkeypatch):
 
 
 def test_auto_accel_follows_the_decision(monkeypatch):
-    from harness import accel
+    from harness.stack import accel
 
     monkeypatch.setattr(accel, "decide_once", lambda req: accel.Decision("tcg", "x86 host"))
     assert spec(accel="auto").accelerator() == "tcg"
@@ -364,7 +368,7 @@ class FakeGuest(nested.Guest):
 
 
 def _deadline(seconds=5.0):
-    from harness.deadline import Deadline
+    from harness.core.deadline import Deadline
     return Deadline(seconds, "l2-ssh")
 
 
@@ -380,20 +384,20 @@ def test_l2_ready_line_ends_the_wait():
     (["[ 1.0] booting\n"], 2, "QEMU exited inside L1"),
 ])
 def test_l2_not_ready_is_a_named_boot_error(texts, exit_after, match):
-    from harness.errors import BootError
+    from harness.core.errors import BootError
     with pytest.raises(BootError, match=match) as ei:
         FakeGuest(texts, exit_after).wait_ready(_deadline(), poll=0)
     assert ei.value.stage == "l2-ssh" and ei.value.tail is not None
 
 
 def test_l2_silent_until_the_deadline_is_a_timeout():
-    from harness.errors import StageTimeout
+    from harness.core.errors import StageTimeout
     with pytest.raises(StageTimeout, match="did not print 'HARNESS-READY l2'"):
         FakeGuest(["[ 1.0] booting\n"]).wait_ready(_deadline(0.05), poll=0.01)
 
 
 def test_l2_failure_is_annotated_with_what_l1_printed(tmp_path):
-    from harness.errors import StageTimeout
+    from harness.core.errors import StageTimeout
     console = "".join(f"[ {i}.0] line {i}\n" for i in range(100)) + (
         "[ 90.504755] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
         "[ 90.512601] CPU 0/KVM       R  running task        0    80      1 0x00000002\n")
@@ -407,7 +411,7 @@ def test_l2_failure_is_annotated_with_what_l1_printed(tmp_path):
 
 
 def test_l2_failure_keeps_its_own_tail_and_a_quiet_l1_adds_nothing(tmp_path):
-    from harness.errors import BootError
+    from harness.core.errors import BootError
     e = BootError("l2-ssh: L2's kernel crashed: x", stage="l2-ssh", tail="L2 console tail", reproduce="r")
     run.annotate_l2_failure(e, "[ 1.0] all quiet\n", tmp_path / "l1.log", "qemu")
     assert (e.message, e.tail, e.reproduce, e.log) == ("l2-ssh: L2's kernel crashed: x", "L2 console tail", "r", None)
@@ -416,7 +420,7 @@ def test_l2_failure_keeps_its_own_tail_and_a_quiet_l1_adds_nothing(tmp_path):
 def test_qmp_socket_stays_within_the_unix_path_limit(tmp_path):
     import stat
 
-    from harness.machine import UNIX_PATH_MAX, qmp_socket_path
+    from harness.stack.machine import UNIX_PATH_MAX, qmp_socket_path
 
     short = qmp_socket_path(tmp_path, "l1")
     assert short.parent == tmp_path

@@ -1,4 +1,4 @@
-"""harness/patches.py: parsing untrusted patches and applying them to a tree."""
+"""harness/build/patches.py: parsing untrusted patches and applying them to a tree."""
 import os
 import stat
 import subprocess
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import patches
-from harness.errors import INPUT, PatchError
-from harness.patches import Patch
+from harness.build import patches
+from harness.core.errors import INPUT, PatchError
+from harness.build.patches import Patch
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main",
        "-c", "core.autocrlf=false", "-c", "diff.noprefix=false"]

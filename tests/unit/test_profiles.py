@@ -1,11 +1,11 @@
-"""harness/profiles.py: tree versions, profile selection, the repo's profiles and patches."""
+"""harness/build/profiles.py: tree versions, profile selection, the repo's profiles and patches."""
 from pathlib import Path
 
 import pytest
 
-from harness import profiles
-from harness.errors import ConfigError, SourceError
-from harness.patches import Patch
+from harness.build import profiles
+from harness.core.errors import ConfigError, SourceError
+from harness.build.patches import Patch
 
 KERNEL_MAKEFILE_HEAD = """\
 # SPDX-License-Identifier: GPL-2.0
@@ -214,7 +214,7 @@ def smccc_ids(patch_text: str) -> list:
 
 def test_common_fragment_turns_on_the_preemption_checks():
     """The run's kernel-bug verdict rests on these: without them an unsafe handler is silent."""
-    from harness.kbuild import requested_symbols
+    from harness.build.kbuild import requested_symbols
     wanted = requested_symbols(profiles.COMMON_FRAGMENT.read_text())
     for sym in ("CONFIG_PREEMPT", "CONFIG_DEBUG_KERNEL", "CONFIG_DEBUG_PREEMPT", "CONFIG_DEBUG_ATOMIC_SLEEP",
                 "CONFIG_KVM", "CONFIG_PRINTK"):

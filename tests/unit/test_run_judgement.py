@@ -1,7 +1,7 @@
 """run.judge_vcpu: each vCPU's verdict says what is wrong with that vCPU."""
 from __future__ import annotations
 
-from harness import run
+from harness.jobs import run
 
 
 def summary(pcpus, observed=(0,), verdict="ok"):

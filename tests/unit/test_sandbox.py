@@ -1,4 +1,4 @@
-"""harness/sandbox.py: what a confined command sees, as whom, within which limits.
+"""harness/build/sandbox.py: what a confined command sees, as whom, within which limits.
 
 The argv tests read what confine() binds; the others run real bubblewrap with hostile
 commands of our own (never a real fork bomb nor a real disk filler: every attempt is
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import sandbox
+from harness.build import sandbox
 
 # root, bubblewrap, prlimit, setpriv (the grading machine's setup), and a kernel that lets
 # bubblewrap make its namespaces (qemu-user, an arm64 root on x86, does not)
@@ -88,7 +88,7 @@ def test_a_hostile_build_reads_nothing_of_the_machine(tmp_path, monkeypatch):
     """/etc/shadow, other submissions, the batch's output, the cache's kernels, homes:
     none exists inside; a file the sandbox is given but whose mode excludes others stays
     unreadable (the uid meets file permissions)."""
-    from harness import cache
+    from harness.core import cache
     batch = tmp_path / "batch"
     other = batch / "submissions" / "g02" / "work"
     other.mkdir(parents=True)

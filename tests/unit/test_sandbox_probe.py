@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import sandbox
+from harness.build import sandbox
 from harness.grade import batch
 from harness.grade.errors import GradeInfraError
 

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import analysis, experiment, groundtruth, report, run, scenarios
-from harness import trace as tr
-from harness.errors import ConfigError
-from harness.groundtruth import CallKey
+from harness.observe import analysis, groundtruth
+from harness.jobs import experiment, report, run, scenarios
+from harness.observe import trace as tr
+from harness.core.errors import ConfigError
+from harness.observe.groundtruth import CallKey
 
 from .test_groundtruth import FID, T0, T1, hvc, mark, migrate, switch_in
 

@@ -1,4 +1,4 @@
-"""One slowdown factor scales every stage budget (harness/deadline.py): configured by
+"""One slowdown factor scales every stage budget (harness/core/deadline.py): configured by
 KVM_HARNESS_SLOWDOWN or measured by timing QEMU, and routed into every budget of the
 stack (boot/SSH deadlines, guest commands, workloads, tool timeouts, build estimates)."""
 from __future__ import annotations
@@ -13,10 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import accel, deadline, kbuild, procs, run, sandbox, ssh
-from harness.config import Scenario, from_dict
-from harness.deadline import Deadline
-from harness.errors import ConfigError, HarnessError
+from harness.stack import accel, ssh
+from harness.core import deadline, procs
+from harness.build import kbuild, sandbox
+from harness.jobs import run
+from harness.core.config import Scenario, from_dict
+from harness.core.deadline import Deadline
+from harness.core.errors import ConfigError, HarnessError
 
 HARNESS = Path(__file__).resolve().parents[2] / "harness"
 
@@ -243,7 +246,7 @@ def test_the_audit_finds_a_fixed_timeout(tmp_path, monkeypatch):
 def test_a_tool_killed_by_a_signal_the_harness_did_not_send_is_the_machines(tmp_path):
     """The OOM killer or a person SIGKILLs tar: not the input's fault (a SourceError would
     say "your input is bad", exit 2), the machine's, naming the signal."""
-    from harness.errors import INFRA, SourceError
+    from harness.core.errors import INFRA, SourceError
 
     with pytest.raises(SourceError, match="killed by SIGKILL") as ei:
         procs.run(["sh", "-c", "kill -9 $$"], stage="source", error=SourceError, log=tmp_path / "l.log")

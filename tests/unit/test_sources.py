@@ -1,4 +1,4 @@
-"""harness/sources.py on small fake kernel trees: identities, copies, the user's tree
+"""harness/build/sources.py on small fake kernel trees: identities, copies, the user's tree
 left untouched, and the git URL + ref form."""
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, sources
-from harness.errors import SourceError
+from harness.core import config
+from harness.build import sources
+from harness.core.errors import SourceError
 
 MAKEFILE = "VERSION = 5\nPATCHLEVEL = 4\nSUBLEVEL = 0\nEXTRAVERSION =\n"
 

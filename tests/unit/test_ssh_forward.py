@@ -2,7 +2,7 @@
 import socket
 import threading
 
-from harness.ssh import _pump
+from harness.stack.ssh import _pump
 
 
 def test_pump_copies_both_ways_and_closes_on_eof():
@@ -21,7 +21,7 @@ def test_pump_copies_both_ways_and_closes_on_eof():
 
 
 def test_a_failed_inline_script_is_named_in_one_line():
-    from harness.ssh import _short
+    from harness.stack.ssh import _short
 
     script = "sh -c '\nT=$1; out=$2\necho 0 > \"$T/tracing_on\"\n" + "cat x\n" * 30 + "' hosttrace-stop /sys/kernel/tracing /tmp/h.txt"
     short = _short(script)

@@ -3,8 +3,8 @@ import struct
 
 import pytest
 
-from harness.errors import TraceError
-from harness import trace as tr
+from harness.core.errors import TraceError
+from harness.observe import trace as tr
 
 
 def recs(n, ret=3, vcpu=1):

@@ -1,8 +1,8 @@
 """Workload command-line construction and summary parsing (no compiler needed)."""
 import pytest
 
-from harness.errors import WorkloadError
-from harness import workload as wl
+from harness.core.errors import WorkloadError
+from harness.observe import workload as wl
 
 
 def test_argv_full():
@@ -77,7 +77,7 @@ def test_source_uses_raw_svc_not_glibc_syscall():
 
 def test_workload_that_does_not_build_names_its_first_error(tmp_path, monkeypatch):
     import shutil
-    from harness import workload
+    from harness.observe import workload
     if shutil.which(workload.CC) is None:
         pytest.skip(f"missing {workload.CC} (run `make setup`)")
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))

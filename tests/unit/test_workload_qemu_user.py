@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-from harness import trace as tr
-from harness import workload as wl
+from harness.observe import trace as tr
+from harness.observe import workload as wl
 
-from harness import hostarch
+from harness.core import hostarch
 
 missing = [t for t in (wl.CC, *hostarch.arm64_runner()) if shutil.which(t) is None]
 pytestmark = pytest.mark.skipif(bool(missing), reason=f"needs {' and '.join(missing)} (cross compiler / qemu-user-static)")

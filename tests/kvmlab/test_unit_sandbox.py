@@ -1,12 +1,24 @@
 """The untrusted-process runner: timeout kills the whole group, limits apply."""
 from __future__ import annotations
 
+import os
 import secrets
 import signal
+import socket
+import stat
 import time
 from pathlib import Path
 
-from harness.kvmlab.sandbox import Limits, run_untrusted
+import pytest
+
+from harness.build import sandbox as confinement
+from harness.kvmlab import build as buildmod
+from harness.kvmlab.sandbox import Limits, base_env, run_untrusted
+
+# root, bubblewrap, prlimit, setpriv (the grading machine's setup), and a kernel that lets
+# bubblewrap make its namespaces (qemu-user, an arm64 root on x86, does not)
+_NO_SANDBOX = "needs root (the grading machine's setup)" if os.geteuid() != 0 else confinement.unusable()
+needs_root_bwrap = pytest.mark.skipif(bool(_NO_SANDBOX), reason=f"no sandbox here: {_NO_SANDBOX}")
 
 
 def _running(marker: str) -> list:
@@ -25,6 +37,7 @@ def _running(marker: str) -> list:
     return found
 
 
+@needs_root_bwrap
 def test_timeout_kills_the_process_group(tmp_path):
     # the shell leaves a grandchild behind (in the sandbox's pid namespace, so it is
     # found by its unique argument, not by the pid it sees); the kill must take it too
@@ -41,6 +54,7 @@ def test_timeout_kills_the_process_group(tmp_path):
         raise AssertionError(f"the grandchild survived the timeout: {_running(marker)}")
 
 
+@needs_root_bwrap
 def test_file_size_limit_and_signal_reporting(tmp_path):
     res = run_untrusted(["/bin/sh", "-c", "head -c 200000 /dev/zero > big"], cwd=tmp_path,
                         stdout_path=tmp_path / "o", stderr_path=tmp_path / "e", timeout=10,
@@ -49,6 +63,7 @@ def test_file_size_limit_and_signal_reporting(tmp_path):
     assert res.returncode != 0
 
 
+@needs_root_bwrap
 def test_crash_is_a_signal_not_a_timeout(tmp_path):
     res = run_untrusted(["/bin/sh", "-c", "kill -SEGV $$"], cwd=tmp_path, stdout_path=tmp_path / "o",
                         stderr_path=tmp_path / "e", timeout=10)
@@ -70,20 +85,6 @@ def test_kvm_probe_names_what_is_wrong(tmp_path):
 
 # -- the lab's untrusted steps are confined (issue 18 §2) --------------------------------------
 
-import os  # noqa: E402
-import socket  # noqa: E402
-import stat  # noqa: E402
-
-import pytest  # noqa: E402
-
-from harness.build import sandbox as confinement  # noqa: E402
-from harness.kvmlab import build as buildmod  # noqa: E402
-from harness.kvmlab.sandbox import base_env  # noqa: E402
-
-# root, bubblewrap, prlimit, setpriv (the grading machine's setup), and a kernel that lets
-# bubblewrap make its namespaces (qemu-user, an arm64 root on x86, does not)
-_NO_SANDBOX = "needs root (the grading machine's setup)" if os.geteuid() != 0 else confinement.unusable()
-needs_root_bwrap = pytest.mark.skipif(bool(_NO_SANDBOX), reason=f"no sandbox here: {_NO_SANDBOX}")
 
 
 @pytest.fixture

@@ -208,7 +208,8 @@ def hypercall_checks(res: Optional[PairingResult], l1_cpus: int, pin: Dict[int, 
                     hint = " (a constant)"
                 fails.append(line + hint)
         out["hc.pinned"] = Check("hc.pinned", FAIL if fails else PASS,
-                                 "; ".join(fails) if fails else "each pinned vCPU answered its pCPU on every call", ev)
+                                 "; ".join(fails) if fails else "each pinned vCPU answered its pCPU on every call", ev,
+                                 finding=("vcpu-id" if vcpu_id else "constant" if constant else "") if fails else "")
     out.setdefault("hc.ground_truth", ground_truth_check(scen.get("loaded")))
     out["hc.kernel_clean"] = clean_check("hc.kernel_clean", kernel_lines(s, "l1"), "no BUG:/WARNING:/Oops in L1")
     absent = hypercall_absent(allrets)

@@ -19,6 +19,8 @@ WORDS = {
     "sleep-in-atomic": "sleeps in atomic context",
     "oops": "kernel crash (Oops)",
     "kernel-warning": "kernel warnings",
+    "vcpu-id": "answers the vCPU id, not the pCPU",
+    "constant": "answers one constant, not the pCPU",
 }
 SERIOUS = ("preempt-leak", "sleep-in-atomic", "oops")   # may cap a part (rubric caps)
 

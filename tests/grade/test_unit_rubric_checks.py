@@ -129,6 +129,18 @@ def test_pinned_constant_that_equals_a_vcpu_id_is_named_a_constant():
     assert c.status == "FAIL" and c.reason.count("the same constant on every vCPU") == 2 and "vCPU id" not in c.reason
 
 
+def test_a_constant_and_the_vcpu_id_are_said_in_words_in_the_flags():
+    """The TA reads "answers one constant" in grades.csv, not only "failed: hc.pinned"."""
+    const = chk.hypercall_checks(result({"pinned": {"0": [1] * 5, "1": [1] * 5}}), 4, PIN)["hc.pinned"]
+    vcpu = chk.hypercall_checks(result({"pinned": {"0": [0] * 5, "1": [1] * 5}}), 4, PIN)["hc.pinned"]
+    good = chk.hypercall_checks(result({"pinned": {str(v): [p] * 5 for v, p in PIN.items()}}), 4, PIN)["hc.pinned"]
+    assert (const.finding, vcpu.finding, good.finding) == ("constant", "vcpu-id", "")
+    assert good.status == "PASS"
+    as_dict = lambda c: {"id": c.id, "finding": c.finding}  # noqa: E731
+    assert flags.words({"checks": [as_dict(const)]}) == ["answers one constant, not the pCPU"]
+    assert flags.words({"checks": [as_dict(vcpu)]}) == ["answers the vCPU id, not the pCPU"]
+
+
 def test_failed_build_skips_dependents_other_half_untouched():
     res = PairingResult("hypercall", "build-failed", why="host kernel does not build: error: x")
     c = chk.hypercall_checks(res, 4, PIN)

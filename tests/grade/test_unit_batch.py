@@ -225,3 +225,33 @@ def test_each_submission_builds_with_a_ccache_of_its_own_removed_once_graded(tmp
         grader.grade(tmp_path / f"{sid}_hw2.zip", sid, c)
     assert seen == {"g01": {batch_cc / "submissions" / "g01"}, "g02": {batch_cc / "submissions" / "g02"}}
     assert not list((batch_cc / "submissions").iterdir()) and not list((cache.cache_root() / "work").glob("k-*"))
+
+
+def test_the_reference_pairing_gets_a_second_chance_not_a_third(tmp_path, monkeypatch):
+    """One lost reference run (a loaded machine: L2's QEMU gone mid-scenario) does not stop
+    a batch; two in a row say the machine cannot grade, naming both."""
+    from harness.grade import pairing
+    from harness.grade.errors import GradeInfraError
+
+    outcomes = []
+
+    def fake(base, p, prof, out_dir, progress):
+        outcomes.append(p.name)
+        if len(outcomes) in fails:
+            return pairing.PairingResult(p.name, "infra", why="l2: SSH failed: Unable to open channel.")
+        return pairing.PairingResult(p.name, "ran", summary={"verdict": "ok", "timings": {"l1_ssh_s": 3}})
+
+    monkeypatch.setattr(batch, "run_pairing", fake)
+    c = ctx(tmp_path / "out")
+    fails = {1}
+    r = batch.reference_run(c)
+    assert outcomes == ["reference", "reference-attempt2"] and r["verdict"] == "ok"
+    assert "Unable to open channel" in r["earlier_failures"][0]
+    outcomes.clear()
+    fails = {1, 2}
+    with pytest.raises(GradeInfraError) as ei:
+        batch.reference_run(c)
+    assert len(outcomes) == 2 and ei.value.message.count("Unable to open channel") == 2
+    outcomes.clear()
+    fails = set()
+    assert batch.reference_run(c) == {"verdict": "ok", "timings": {"l1_ssh_s": 3}} and len(outcomes) == 1

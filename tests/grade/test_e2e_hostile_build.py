@@ -25,7 +25,7 @@ PROBES = {
     "shadow": "cat /etc/shadow 2>&1 | head -c 60",
     "batch": "ls {out}/submissions 2>&1",
     "other": "head -c 40 {out}/submissions/a/*/kvm.patch 2>&1",
-    "kernels": "ls {cache}/kernels 2>&1 | head -c 80",
+    "kernels": "ls {cache}/kernels 2>&1 | head -c 300",
     "net": "python3 -c 'import socket; socket.create_connection((\"1.1.1.1\", 80), 2)' 2>&1 | tail -n 1",
     "poison": "touch {store}/poison 2>&1",
     "uid": "id -u",

@@ -119,28 +119,15 @@ def test_a_sandboxed_make_cannot_write_the_pristine_sources_through_the_worktree
     """A worktree's sources are hard links to the pristine tree: a patch whose make writes
     into them would change every later build.  Under the sandbox the write fails, the
     patch is blamed, and the pristine file is untouched (real bubblewrap, real make)."""
-    from harness.build import profiles
     from harness.core.errors import BuildError
     from harness.build.patches import Patch
     import pytest
 
-    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(kbuild, "compiler_version", lambda: "fake-gcc 1.0")
-    monkeypatch.setattr(kbuild, "COMMON_FRAGMENT", tmp_path / "common.config")
-    monkeypatch.setattr(profiles, "COMMON_FRAGMENT", tmp_path / "common.config")
-    (tmp_path / "common.config").write_text("CONFIG_A=y\n")
+    builder = fake_kernel(tmp_path, monkeypatch, PLANTING_MAKEFILE, {"core.c": "core v1\n", "shared.c": "shared v1\n"})
     root = tmp_path / "pristine"
-    root.mkdir()
-    (root / "Makefile").write_text(PLANTING_MAKEFILE)
-    (root / "core.c").write_text("core v1\n")
-    (root / "shared.c").write_text("shared v1\n")
-    src = SourceTree(origin="fake", identity="fake:1", root=root, version=(6, 1, 99))
-    profile = profiles.Profile(name="fake", directory=tmp_path, matches=("6.1",), syscall_nr=451,
-                               hvc_func_id=0xC6000040)
     plant = Patch.parse(b"diff --git a/core.c b/core.c\n--- a/core.c\n+++ b/core.c\n@@ -1 +1 @@\n"
                         b"-core v1\n+PLANT\n", "plant.patch")
-    b = kbuild.Builder(src, profile, jobs=1, use_ccache=False, progress=lambda m: None, sandboxed=True,
-                       sandbox_ccache=tmp_path / "batch" / ".ccache")
+    b = builder(sandboxed=True, sandbox_ccache=tmp_path / "batch" / ".ccache")
     with pytest.raises(BuildError) as ei:
         b.build("host", plant, tmp_path / "logs")
     e = ei.value
@@ -266,7 +253,8 @@ Image:
 """
 
 
-def fake_kernel(tmp_path, monkeypatch):
+def fake_kernel(tmp_path, monkeypatch, makefile=None, files=None):
+    """A Builder factory over a tiny fake tree (``makefile`` and ``files``: name -> text)."""
     from harness.build import profiles
 
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
@@ -276,9 +264,9 @@ def fake_kernel(tmp_path, monkeypatch):
     (tmp_path / "common.config").write_text("CONFIG_A=y\n")
     root = tmp_path / "pristine"
     root.mkdir()
-    (root / "Makefile").write_text(OBJECTS_MAKEFILE)
-    (root / "core.c").write_text("core v1\n")
-    (root / "other.c").write_text("other v1\n")
+    (root / "Makefile").write_text(makefile or OBJECTS_MAKEFILE)
+    for name, text in (files or {"core.c": "core v1\n", "other.c": "other v1\n"}).items():
+        (root / name).write_text(text)
     src = SourceTree(origin="fake", identity="fake:1", root=root, version=(6, 1, 99))
     profile = profiles.Profile(name="fake", directory=tmp_path, matches=("6.1",), syscall_nr=451,
                                hvc_func_id=0xC6000040)

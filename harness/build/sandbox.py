@@ -27,8 +27,11 @@ The ``writable`` directories are given to that uid.
 Limits (``Limits``) are rlimits set before the drop and inherited by everything the
 command starts: processes of its uid (RLIMIT_NPROC: a fork bomb meets EAGAIN), address
 space per process, bytes per file written (a disk filler meets SIGXFSZ), no core dumps;
-and ``timeout`` (wall clock, then SIGKILL).  ``limits_mechanism()`` says which ones hold
-on this machine (the batch's preflight prints it).  Used for kernel builds of students'
+the totals, kept by ``guard.py`` around the whole sandbox: processes and memory in a
+cgroup of its own where the machine lets one be made (v2, else v1), and the bytes
+written into its writable directories; and ``timeout`` (wall clock, then SIGKILL).
+``limits_mechanism()`` says which ones hold on this machine (the batch's preflight
+prints it).  Used for kernel builds of students'
 patches, for poppler on their PDFs, and for the KVM-API lab's student builds and
 hypervisors (harness/kvmlab/sandbox.py, with /dev/kvm).
 """
@@ -39,6 +42,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,7 @@ from typing import List, Mapping, Optional, Sequence, Union
 
 from ..core.deadline import scaled
 from ..core.errors import InfraError
+from . import guard
 
 PathLike = Union[str, Path]
 
@@ -63,10 +68,14 @@ class Limits:
     address_space: int = 6 << 30       # per process (cc1 on big files ~1 GiB)
     file_size: int = 2 << 30           # per file written (vmlinux ~ 200 MB with debug off)
     processes: int = 512               # tasks of the sandbox's uid (make -j2 of a kernel: < 40)
+    memory: int = 8 << 30              # in all, where a cgroup can be made (make -j2 of a kernel: < 2 GiB)
+    written: int = 8 << 30             # in all, into its writable directories (a cold 6.1 build: ~1.5 GB)
 
 
 BUILD = Limits()
-PDF = Limits(wall_s=60, address_space=1 << 30, file_size=64 << 20, processes=32)
+PDF = Limits(wall_s=60, address_space=1 << 30, file_size=64 << 20, processes=32, memory=1 << 30,
+             written=256 << 20)
+GUARD = Path(guard.__file__)
 
 
 def available() -> str:
@@ -92,14 +101,26 @@ def cgroup_controllers() -> List[str]:
     return []
 
 
+_MECHANISM: List[str] = []
+
+
+def cgroups() -> str:
+    """'cgroup v2', 'cgroup v1' or '' (none can be made here): looked at once."""
+    if not _MECHANISM:
+        _MECHANISM.append(guard.mechanism())
+    return _MECHANISM[0]
+
+
 def limits_mechanism() -> str:
     """Which limits hold here, for the batch's preflight."""
-    have = cgroup_controllers()
-    return (f"limits: rlimits under an unprivileged uid per sandbox (processes: {BUILD.processes} for a build, "
-            f"{PDF.processes} for poppler; address space: {BUILD.address_space >> 30} GiB per process; "
-            f"written: {BUILD.file_size >> 30} GiB per file) and a wall-clock timeout; not cgroups (cgroup v2 "
-            f"controllers here: {' '.join(have) or 'none'}), so memory and bytes written are bounded per "
-            f"process and per file, not in total")
+    totals = (f"{cgroups()} per sandbox (processes: {BUILD.processes} for a build, {PDF.processes} for "
+              f"poppler; memory: {BUILD.memory >> 30} GiB in all for a build)" if cgroups() else
+              f"no cgroup can be made here (cgroup v2 controllers: {' '.join(cgroup_controllers()) or 'none'}; "
+              f"no writable v1 pids and memory hierarchies), so memory is bounded per process only")
+    return (f"limits: {totals}; bytes written: {BUILD.written >> 30} GiB in all for a build "
+            f"(measured every {guard.INTERVAL_S:.0f} s), {BUILD.file_size >> 30} GiB per file; rlimits under an "
+            f"unprivileged uid per sandbox (processes of the uid: {BUILD.processes}; address space: "
+            f"{BUILD.address_space >> 30} GiB per process); a wall-clock timeout")
 
 
 def _state_dir() -> Path:
@@ -266,6 +287,10 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
         give(Path(d), uid)
     ident = identity_files(uid)
     out = ["timeout", "--kill-after=10", str(round(scaled(limits.wall_s))),
+           sys.executable or "python3", "-I", str(GUARD), f"--pids={limits.processes}",
+           f"--memory={limits.memory}", f"--bytes={limits.written}"]
+    out += [f"--watch={Path(d)}" for d in writable]
+    out += ["--",
            "prlimit", f"--as={limits.address_space}", f"--fsize={limits.file_size}", "--core=0",
            f"--nproc={limits.processes}", "--",
            "bwrap", "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-net",
@@ -273,7 +298,8 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
     out += system_binds()
     out += ["--ro-bind", str(etc_dir()), "/etc",
             "--ro-bind", str(ident["passwd"]), "/etc/passwd", "--ro-bind", str(ident["group"]), "/etc/group",
-            "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
+            "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(limits.written),
+            "--tmpfs", "/tmp"]
     for dev in devices:
         out += ["--dev-bind", str(device_node(dev, uid)), str(dev)]
     # shallower paths first, so the deeper bind decides: a read-only directory inside a

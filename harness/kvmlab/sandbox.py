@@ -184,8 +184,10 @@ def preflight() -> str:
             "capability, no network, seeing only the system's programs, a synthesized /etc and their own "
             f"build or run directory; the hypervisor opens a node of {KVM_DEVICE} owned by that uid; limits: "
             f"rlimits (CPU seconds, address space, bytes per file, open files, {Limits().processes} processes "
-            f"of its uid) and a timeout; not cgroups (cgroup v2 controllers here: "
-            f"{' '.join(confinement.cgroup_controllers()) or 'none'})")
+            f"of its uid), a timeout, and in all: "
+            + (f"processes and memory in a {confinement.cgroups()} of its own, " if confinement.cgroups() else
+               "no cgroup can be made here, so memory is bounded per process only, ")
+            + "the bytes written into its directory")
 
 
 def _signal_name(n: int) -> Optional[str]:

@@ -170,7 +170,7 @@ def test_preflight_says_which_limits_hold(tmp_path, monkeypatch, needs_sandbox):
     from harness.build import sandbox
     monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
     done = batch.preflight(config.load(config.CONFIGS / "grade.yaml"), tmp_path / "out", False, lambda m: None)
-    assert sandbox.limits_mechanism() in done and any(d.startswith("limits: rlimits") for d in done)
+    assert sandbox.limits_mechanism() in done and any(d.startswith("limits: ") and "rlimits" in d for d in done)
 
 
 PROBING_MAKEFILE = """\

@@ -53,6 +53,11 @@ def test_the_command_runs_as_an_unprivileged_uid_within_limits(tmp_path):
     assert argv[argv.index("setpriv"):][-2:] == ["--", "make"]           # setpriv execs the command
     assert argv[:3] == ["timeout", "--kill-after=10", "7"]
     assert {"--as=1073741824", "--fsize=1048576", "--core=0", "--nproc=9"} <= set(argv)
+    # the totals: guard.py runs the rest, with the processes, memory and bytes of the limits
+    guard = argv[argv.index(str(sandbox.GUARD)):argv.index("prlimit")]
+    assert guard == [str(sandbox.GUARD), "--pids=9", f"--memory={limits.memory}", f"--bytes={limits.written}",
+                     f"--watch={tmp_path / 'w'}", "--"]
+    assert argv[argv.index("--tmpfs") - 2:argv.index("--tmpfs")] == ["--size", str(limits.written)]
     assert os.stat(tmp_path / "w").st_uid == uid                          # the writable dir is its own
     assert f"build:x:{uid}:{uid}:" in sandbox.identity_files(uid)["passwd"].read_text()
 
@@ -73,10 +78,15 @@ def test_identity_directories_do_not_pile_up(monkeypatch):
     assert all((d / "group").exists() for d in recent + [fresh])
 
 
-def test_the_limits_mechanism_is_named():
+def test_the_limits_mechanism_is_named(monkeypatch):
     text = sandbox.limits_mechanism()
-    assert "RLIMIT" in text or "rlimits" in text
+    assert text.startswith("limits: ") and "rlimits" in text and "bytes written: 8 GiB in all" in text
     assert f"processes: {sandbox.BUILD.processes}" in text and "cgroup" in text
+    assert (sandbox.cgroups() in text) if sandbox.cgroups() else ("memory is bounded per process only" in text)
+    monkeypatch.setattr(sandbox, "_MECHANISM", [""])
+    assert "no cgroup can be made here" in sandbox.limits_mechanism()
+    monkeypatch.setattr(sandbox, "_MECHANISM", ["cgroup v2"])
+    assert "cgroup v2 per sandbox" in sandbox.limits_mechanism()
 
 
 def run(argv, timeout=60):
@@ -183,6 +193,60 @@ def test_writing_3_gb_meets_the_file_size_limit(tmp_path):
     r = run(sandbox.confine(["sh", "-c", f"head -c 3G /dev/zero > {w}/big; echo rc=$?"], writable=[w], limits=limits))
     assert (w / "big").stat().st_size == 8 << 20
     assert "rc=153" in r.stdout or "File size limit exceeded" in r.stderr   # 128 + SIGXFSZ
+
+
+@needs_root_bwrap
+def test_writing_many_files_meets_the_total_bytes_limit(tmp_path):
+    """Each file under the per-file limit, together over the total: the guard stops it."""
+    w = tmp_path / "w"
+    limits = sandbox.Limits(wall_s=60, file_size=1 << 30, written=48 << 20)
+    r = run(sandbox.confine(["sh", "-c", f"for i in 1 2 3 4 5 6 7 8; do head -c 20M /dev/zero > {w}/f$i; "
+                                         f"sleep 1; done; echo WROTE-ALL"], writable=[w], limits=limits))
+    assert "WROTE-ALL" not in r.stdout and r.returncode == 153, r
+    assert "over the limit of 48 MiB in all (a disk filler)" in r.stderr
+    assert len(list(w.glob("f*"))) < 8
+    # /tmp inside is a tmpfs of that size, not of half the machine's memory
+    r = run(sandbox.confine(["sh", "-c", "head -c 100M /dev/zero > /tmp/big; echo rc=$?"], writable=[w],
+                            limits=limits))
+    assert "rc=1" in r.stdout and "No space left on device" in r.stderr
+
+
+needs_cgroup = pytest.mark.skipif(not _NO_SANDBOX and not sandbox.cgroups(),
+                                  reason="no cgroup can be made here (neither v2 with pids and memory nor v1)")
+
+
+@needs_root_bwrap
+@needs_cgroup
+def test_processes_together_meet_the_memory_limit_in_all(tmp_path):
+    """Four processes of 160 MiB each, each under its address-space limit, 300 MiB in all:
+    the OOM killer ends some inside the sandbox's cgroup, and the guard says so."""
+    hog = ("import os, time\n"
+           "for i in range(4):\n"
+           "    if os.fork() == 0:\n"
+           "        b = bytearray(160 << 20); time.sleep(2); os._exit(0)\n"
+           "print('EXITS', sorted(os.wait()[1] for _ in range(4)))")
+    limits = sandbox.Limits(wall_s=60, address_space=1 << 30, memory=300 << 20)
+    r = run(sandbox.confine(["python3", "-c", hog], writable=[tmp_path / "w"], limits=limits))
+    assert "EXITS" in r.stdout and "9" in r.stdout.split("EXITS")[1], r     # some were SIGKILLed
+    v = sandbox.cgroups().split()[-1]
+    assert f"the memory limit (300 MiB in all, cgroup {v}) was reached" in r.stderr and "OOM killer" in r.stderr
+
+
+@needs_root_bwrap
+@needs_cgroup
+def test_the_sandbox_cgroup_bounds_processes_and_is_removed(tmp_path):
+    from harness.build import guard
+    limits = sandbox.Limits(wall_s=30, processes=40)
+    r = run(sandbox.confine(["python3", "-c", FORKS], writable=[tmp_path / "w"], limits=limits))
+    assert r.stdout.split()[0] == "REFUSED" and "forks refused at the process limit (40 in all" in r.stderr, r
+    bases = [guard._v2_base()] if sandbox.cgroups() == "cgroup v2" else list(guard._v1_bases().values())
+    def dead(d):     # a guard's cgroup is named by its pid: ours is gone, others may be running
+        try:
+            os.kill(int(d.name.split("-")[1]), 0)
+            return False
+        except ProcessLookupError:
+            return True
+    assert bases and not [d for b in bases for d in b.glob("sb-*") if dead(d)]
 
 
 @needs_root_bwrap

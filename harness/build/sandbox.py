@@ -44,7 +44,7 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Union
 
@@ -73,6 +73,11 @@ class Limits:
 
 
 BUILD = Limits()
+# L0's QEMU booting an untrusted kernel (machine.MachineSpec.confine): its address space is
+# not bounded per process (guest RAM, a 1 GiB TCG buffer, an arena per thread), its
+# memory in all is (confine_emulator); it writes nothing but its QMP socket
+EMULATOR = Limits(wall_s=6 * 3600, address_space=1 << 40, file_size=64 << 20, processes=512,
+                  written=64 << 20)
 PDF = Limits(wall_s=60, address_space=1 << 30, file_size=64 << 20, processes=32, memory=1 << 30,
              written=256 << 20)
 GUARD = Path(guard.__file__)
@@ -273,11 +278,14 @@ def _parents(paths: Sequence[Path]) -> List[str]:
 
 def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), readable: Sequence[PathLike] = (),
             limits: Limits = BUILD, cwd: PathLike = None, env: Optional[Mapping[str, str]] = None,
-            uid: Optional[int] = None, devices: Sequence[PathLike] = ()) -> List[str]:
+            uid: Optional[int] = None, devices: Sequence[PathLike] = (), network: bool = False,
+            scratch: Sequence[str] = ("/tmp",)) -> List[str]:
     """The argv that runs ``argv`` confined (see the module docstring).  ``env`` is the
     whole environment the command gets, beside PATH, HOME and USER; ``uid`` defaults
     to one named by the first writable directory (else by the command); ``devices``
-    (character devices such as /dev/kvm) appear in its /dev, openable by that uid."""
+    (character devices such as /dev/kvm) appear in its /dev, openable by that uid;
+    ``network`` keeps the host's network namespace (for QEMU's forwarded ports only);
+    ``scratch`` are its private tmpfs directories, each of ``limits.written`` bytes."""
     why = available()
     if why:
         raise InfraError(f"sandbox: {why}", stage="sandbox")
@@ -293,13 +301,15 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
     out += ["--",
            "prlimit", f"--as={limits.address_space}", f"--fsize={limits.file_size}", "--core=0",
            f"--nproc={limits.processes}", "--",
-           "bwrap", "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-net",
+           "bwrap", "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid",
+           *([] if network else ["--unshare-net"]),
            "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox", "--clearenv"]
     out += system_binds()
     out += ["--ro-bind", str(etc_dir()), "/etc",
             "--ro-bind", str(ident["passwd"]), "/etc/passwd", "--ro-bind", str(ident["group"]), "/etc/group",
-            "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--size", str(limits.written),
-            "--tmpfs", "/tmp"]
+            "--dev", "/dev", "--proc", "/proc"]
+    for d in scratch:
+        out += ["--perms", "1777", "--size", str(limits.written), "--tmpfs", d]
     for dev in devices:
         out += ["--dev-bind", str(device_node(dev, uid)), str(dev)]
     # shallower paths first, so the deeper bind decides: a read-only directory inside a
@@ -317,6 +327,24 @@ def confine(argv: Sequence[PathLike], *, writable: Sequence[PathLike] = (), read
     out += ["--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all", "--no-new-privs", "--"]
     return out + [str(a) for a in argv]
+
+
+def confine_emulator(argv: Sequence[PathLike], *, images: Sequence[PathLike], socket_dir: PathLike,
+                     memory_mb: int, uid: int, devices: Sequence[PathLike] = ()) -> List[str]:
+    """The argv that runs L0's QEMU (``argv``) confined: it reads its ``images`` (kernel,
+    root file system, payload), writes ``socket_dir`` (its QMP socket) and nothing else;
+    it keeps the host's network namespace, where its user-mode network forwards
+    127.0.0.1 ports to the guest.  Its memory in all is the guest's plus 3 GiB (TCG's
+    code buffer, QEMU's own), in a cgroup where one can be made."""
+    limits = replace(EMULATOR, memory=(memory_mb << 20) + (3 << 30))
+    images = [Path(i).resolve() for i in images]
+    for i in images:
+        if not os.stat(i).st_mode & stat.S_IROTH:
+            raise InfraError(f"sandbox: {i} is not readable by others, so L0's confined QEMU cannot read it",
+                             stage="launch")
+    # snapshot=on keeps its overlay in a temporary file in /var/tmp (QEMU prefers it to a /tmp)
+    return confine(argv, writable=[socket_dir], readable=images, limits=limits, uid=uid, devices=devices,
+                   network=True, scratch=("/tmp", "/var/tmp"))
 
 
 def unusable() -> str:

@@ -73,6 +73,7 @@ class L1Config:
     accel: str = "auto"  # auto | tcg | kvm
     append: str = ""     # extra kernel command line
     restrict_net: bool = False  # L1's user-mode network without outside access (restrict=on)
+    confine: bool = False       # L0's QEMU under bubblewrap (it boots an untrusted kernel: grading)
 
     def validate(self, where: str) -> None:
         if not 1 <= self.cpus <= 64:

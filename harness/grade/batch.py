@@ -83,6 +83,9 @@ def preflight(cfg: Config, out: Path, full: bool, progress: Progress) -> List[st
         refused = machine.seccomp_refused()
         done.append(f"{QEMU} present, " + (f"WITHOUT its seccomp sandbox for L1 ({refused})" if refused
                                            else "L1 runs under its seccomp sandbox"))
+        done.append("L1's QEMU runs confined: as an unprivileged uid, seeing its images and its QMP socket's "
+                    "directory only" if cfg.l1.confine else
+                    "L1's QEMU runs UNCONFINED (l1.confine is off in this configuration)")
     return done
 
 

@@ -135,7 +135,7 @@ class Stack:
         spec = MachineSpec(name="l1", kernel=art.host.image, rootfs=art.l1_rootfs, payload=payload,
                            cpus=cfg.l1.cpus, memory_mb=cfg.l1.memory_mb, cpu_model=cfg.l1.cpu_model,
                            accel=cfg.l1.accel, append=cfg.l1.append, forwards=dict(L1_FORWARDS),
-                           restrict_net=cfg.l1.restrict_net)
+                           restrict_net=cfg.l1.restrict_net, confine=cfg.l1.confine)
         slow = deadline.calibrate()  # once per process (prepare() did it for main_job)
         self.slowdown = slow.to_dict()
         decision = spec.accel_decision()

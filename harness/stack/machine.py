@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import accel
+from ..build import sandbox
 from ..core import interrupts, procs
 from .console import Console
 from ..core.deadline import Deadline, scaled
@@ -94,6 +95,10 @@ class MachineSpec:
     forwards: Dict[str, int] = field(default_factory=lambda: {"ssh": 22})
     # restrict=on: the guest reaches nothing outside (forwarded ports still work)
     restrict_net: bool = False
+    # QEMU itself under bubblewrap as an unprivileged uid (harness/build/sandbox.py
+    # confine_emulator): it boots an untrusted kernel (grading), so it sees its images and
+    # its QMP socket's directory and nothing else of the machine
+    confine: bool = False
 
     def accelerator(self) -> str:
         return self.accel_decision().accel
@@ -101,6 +106,11 @@ class MachineSpec:
     def accel_decision(self) -> accel.Decision:
         """KVM (with EL2 for L1) or TCG, and why: harness/stack/accel.py probes QEMU once."""
         return accel.decide_once(self.accel)
+
+    @staticmethod
+    def sandbox_uid(qmp_path: Path) -> int:
+        """The confined QEMU's uid: one per launch (its QMP directory is new each time)."""
+        return sandbox.uid_for(f"l0-qemu {qmp_path}")
 
     def argv(self, ports: Dict[str, int], qmp_path: Path) -> List[str]:
         accel = self.accelerator()
@@ -130,6 +140,11 @@ class MachineSpec:
         if self.payload:
             argv += ["-drive", f"file={self.payload},if=none,id=payload,format=raw,readonly=on",
                      "-device", "virtio-blk-pci,drive=payload"]
+        if self.confine:
+            images = [p for p in (self.kernel, self.rootfs, self.payload) if p]
+            argv = sandbox.confine_emulator(argv, images=images, socket_dir=qmp_path.parent,
+                                            memory_mb=self.memory_mb, uid=self.sandbox_uid(qmp_path),
+                                            devices=["/dev/kvm"] if accel == "kvm" else [])
         return argv
 
 
@@ -144,7 +159,9 @@ class Machine:
         self.ports: Dict[str, int] = {}
         self.argv: List[str] = []
         self.console_log = self.run_dir / f"{spec.name}-console.log"
-        self.qmp_path = qmp_socket_path(self.run_dir, spec.name)
+        # a confined QEMU writes only its socket's directory: one of its own, never the run directory
+        self.qmp_path = (Path(tempfile.mkdtemp(prefix="kvmh-")) / f"{spec.name}-qmp.sock" if spec.confine
+                         else qmp_socket_path(self.run_dir, spec.name))
         self._sessions: List[Session] = []
         self.launched_at = 0.0
 
@@ -154,6 +171,11 @@ class Machine:
         if refused:
             self.progress(f"warning: {self.spec.name}'s QEMU runs without its seccomp sandbox: {QEMU} refuses "
                           f"-sandbox ({refused})")
+        if self.spec.confine:
+            why = sandbox.unusable()
+            if why:
+                raise InfraError(f"{self.spec.name}: its QEMU must run confined (l1.confine) and no sandbox can "
+                                 f"be made here: {why}", stage="launch")
         for attempt in range(3):  # a forwarded port taken meanwhile is transient: retry
             self.ports = {n: free_port() for n in self.spec.forwards}
             self.argv = self.spec.argv(self.ports, self.qmp_path)
@@ -245,6 +267,8 @@ class Machine:
                 if self.console is not None:
                     self.console.close()  # closes the pty and SIGKILLs if still alive
                     self.console = None
+                if self.spec.confine:
+                    sandbox.drop_device_nodes(self.spec.sandbox_uid(self.qmp_path))
                 if self.qmp_path.exists():
                     self.qmp_path.unlink()
                 if self.qmp_path.parent != self.run_dir:

@@ -9,7 +9,7 @@ from harness import cli
 from harness.core import config
 from harness.stack import nested
 from harness.jobs import run
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, InfraError
 from harness.stack.machine import MachineSpec
 from harness.stack.nested import GuestSpec
 from harness.observe.trace import make_trace_bytes, parse_trace
@@ -30,6 +30,35 @@ def spec(**kw):
 
 
 PORTS = {"ssh": 40022, "l2-ssh": 40222, "l2-qmp": 40444}
+
+
+def test_a_confined_l1_qemu_sees_its_images_and_socket_directory_only(tmp_path, monkeypatch):
+    """l1.confine (grading): QEMU under the sandbox, the host's network kept for its
+    forwarded ports, its images read-only, its QMP directory writable, nothing else."""
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(tmp_path / "cache"))
+    k, r, pl, q = tmp_path / "Image", tmp_path / "root.ext4", tmp_path / "payload.img", tmp_path / "q"
+    for f in (k, r, pl):
+        f.write_bytes(b"x")
+        f.chmod(0o644)
+    q.mkdir()
+    argv = spec(kernel=k, rootfs=r, payload=pl, confine=True).argv(PORTS, q / "l1-qmp.sock")
+    assert argv[0] == "timeout" and "bwrap" in argv and "--unshare-net" not in argv and "--unshare-pid" in argv
+    qemu = argv[argv.index("qemu-system-aarch64"):]
+    assert qemu == spec(kernel=k, rootfs=r, payload=pl).argv(PORTS, q / "l1-qmp.sock")   # the same QEMU
+    assert opt(argv, "--bind") == [str(q)]
+    assert {str(k), str(r), str(pl)} <= set(opt(argv, "--ro-bind"))
+    assert not [b for b in opt(argv, "--bind") + opt(argv, "--ro-bind") if b in ("/", "/root", "/home", "/var")]
+    assert "--reuid=" + str(MachineSpec.sandbox_uid(q / "l1-qmp.sock")) in argv
+    assert f"--memory={(2048 << 20) + (3 << 30)}" in argv
+    # an image the sandbox's uid cannot read is the machine's problem, said before QEMU starts
+    r.chmod(0o600)
+    with pytest.raises(InfraError, match="not readable by others"):
+        spec(kernel=k, rootfs=r, confine=True).argv(PORTS, q / "l1-qmp.sock")
+
+
+def test_grading_confines_l1_qemu_and_the_main_job_does_not():
+    assert config.load(config.CONFIGS / "grade.yaml").l1.confine
+    assert not config.load(config.CONFIGS / "default.yaml").l1.confine
 
 
 def test_l1_argv_under_tcg():

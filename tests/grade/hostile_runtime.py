@@ -1,7 +1,7 @@
 """Submissions that wedge or crash the stack at run time (issue 18): a hypercall handler
 that never returns, one that calls BUG(), one that sleeps 10 s per call, a kvm.patch that
 panics L1 at boot, a syscall that spins in the guest's kernel.  Each is a variant of the
-profile's reference patches (so its context applies), one half only, so that one pairing
+profile's reference patches (so its context applies: 5.4, 6.1 and 6.12 alike), one half only, so that one pairing
 runs it.  ``part`` is the half it breaks; ``status`` what that pairing must come to."""
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import List, Optional
 
 from tests.grade.fixtures import Fixture, edit, guest_asm, host_returning, ref
 
-_INCLUDE_AFTER = " #include <kvm/arm_psci.h>\n \n"
 
 
 @dataclass
@@ -22,10 +21,8 @@ class Hostile:
 
 
 def hostile(profile: str = "6.1") -> List[Hostile]:
-    if profile != "6.1":
-        raise ValueError("the hostile runtime fixtures are written against the 6.1 reference patches")
-    delay = edit(host_returning(profile, "READ_ONCE(vcpu->cpu)", pre="msleep(10000)"), _INCLUDE_AFTER,
-                 _INCLUDE_AFTER.rstrip("\n").rsplit("\n", 1)[0] + "\n+#include <linux/delay.h>\n \n")
+    # every profile's handler file has <linux/sched.h> (through kvm_host.h): no include to add
+    delay = host_returning(profile, "READ_ONCE(vcpu->cpu)", pre="schedule_timeout_uninterruptible(10 * HZ)")
     boot_panic = edit(ref(profile, "kvm.patch"), "+#define KVM_HOST_CPUID_FUNC_ID\t",
                       "+static int __init host_cpuid_selftest(void)\n+{\n"
                       "+\tpanic(\"host_cpuid: self-test failed\");\n+\treturn 0;\n+}\n"

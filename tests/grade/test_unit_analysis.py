@@ -1,4 +1,6 @@
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -108,6 +110,26 @@ def test_fixtures_apply_to_cached_tree(profile):
                 assert d.empty, f.name   # empty-kvm, empty-vm: nothing to apply
                 continue
             assert d.apply in want, (f.name, role, d.apply, d.apply_detail)
+
+
+@pytest.mark.parametrize("profile", ["5.4", "6.12", "6.1"])
+def test_hostile_fixtures_apply_to_the_profile_tree(profile):
+    """The runtime-hostile variants (tests/grade/hostile_runtime.py) of each profile apply
+    to that profile's tree (5.4 from KVM_HARNESS_KERNEL_TREE, 6.1/6.12 where extracted)."""
+    from tests.grade.hostile_runtime import hostile
+    if profile == "5.4":
+        env = os.environ.get("KVM_HARNESS_KERNEL_TREE")
+        if not env:
+            pytest.skip("set KVM_HARNESS_KERNEL_TREE to a v5.4 tree to check the 5.4 fixtures against it")
+        tree = Path(env)
+    else:
+        tree = tree_or_skip(profile)
+    for h in hostile(profile):
+        f = h.fixture
+        for role, text in (("host", f.kvm), ("guest", f.vm)):
+            if text:
+                d = diffcheck.check(text.encode(), role, tree)
+                assert d.apply in ("exact", "offset"), (profile, f.name, role, d.apply_detail)
 
 
 def test_fixtures_apply_to_54(tree54):

@@ -199,6 +199,20 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
             raise GradeInfraError(f"pairing {p.name}: the batch was interrupted while it ran ({r.status}); "
                                   "not graded", stage="interrupted")
         timed_out = (r.error or {}).get("error") == "StageTimeout"  # consoles clean (else KernelBugError)
+        if r.status == "infra" and not timed_out and p.student_roles:
+            # a guest or a connection lost with clean consoles (seen once under load on 5.4: L2's
+            # SSH channel closed mid-scenario): the machine's passing trouble or the kernel's;
+            # the same pairing once more tells them apart before anyone stops the batch
+            ctx.progress(f"pairing {p.name} lost its machine with clean consoles ({r.why}): running it once more")
+            first = r.why
+            r = dataclasses.replace(run_pairing(ctx.base, dataclasses.replace(p, name=f"{p.name}-again"), prof.name,
+                                                out_dir, ctx.progress), name=p.name)
+            if ctx.cancelled.is_set():
+                raise GradeInfraError(f"pairing {p.name}: the batch was interrupted while it ran ({r.status}); "
+                                      "not graded", stage="interrupted")
+            if r.status == "infra":
+                r.why = f"{r.why} (and before, in the first attempt: {first})"
+            timed_out = (r.error or {}).get("error") == "StageTimeout"
         if timed_out and p.student_roles and ctx.machine_check is not None:
             # a timeout may be the machine's (overloaded) rather than the kernel's: the
             # reference pairing must still come up now, or nobody is graded as failing

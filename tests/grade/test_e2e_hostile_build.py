@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.core import cache, config
-from harness.build import kbuild
+from harness.build import kbuild, sandbox
 from harness.grade import batch, rubric
 from tests.grade.conftest import grading_source
 from tests.grade.fixtures import make_zip, pdf
@@ -94,4 +94,5 @@ def test_a_build_that_looks_around_sees_nothing_and_is_flagged(tmp_path, kernel)
     assert "Read-only file system" in said["poison"] or "Permission denied" in said["poison"]
     assert int(said["uid"]) != 0
     assert not (kbuild.shared_store() / "poison").exists()
-    assert "limits: rlimits" in (out / "preflight.json").read_text()
+    pre = (out / "preflight.json").read_text()
+    assert sandbox.limits_mechanism() in pre and "L1's QEMU runs confined" in pre

@@ -46,8 +46,11 @@ def seccomp_refused(qemu: str = QEMU) -> str:
     'sandbox'".  Asked once per process: a start stopped at once by QMP quit on stdin."""
     argv = [qemu, *SECCOMP, "-machine", "none", "-display", "none", "-nodefaults", "-qmp", "stdio"]
     try:
+        # PDEATHSIG: a probe whose asker is killed must not wait on its stdin forever (one was
+        # found left running after a fault test SIGKILLed the harness during the probe)
         r = subprocess.run(argv, input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
-                           capture_output=True, text=True, timeout=scaled(SECCOMP_PROBE_S))
+                           capture_output=True, text=True, timeout=scaled(SECCOMP_PROBE_S),
+                           preexec_fn=procs._die_with_parent)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{qemu} could not be asked: {e}"
     if r.returncode == 0:

@@ -189,15 +189,18 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
     pairings: Dict[str, PairingResult] = {}
     learned: Dict[str, dict] = {}
 
+    def not_interrupted(p: Pairing, r: PairingResult) -> None:
+        if ctx.cancelled.is_set():
+            raise GradeInfraError(f"pairing {p.name}: the batch was interrupted while it ran ({r.status}); "
+                                  "not graded", stage="interrupted")
+
     def go(p: Pairing) -> PairingResult:
         ctx.progress(f"pairing {p.name}: host {Path(p.host).name if p.host != 'grading' else 'grading'} x guest "
                      f"{Path(p.guest).name if p.guest != 'grading' else 'grading'} ({p.l1_append} | {p.l2_append})")
         if ctx.cancelled.is_set():
             raise GradeInfraError(f"pairing {p.name}: the batch was interrupted", stage="interrupted")
         r = run_pairing(ctx.base, p, prof.name, out_dir, ctx.progress)
-        if ctx.cancelled.is_set():
-            raise GradeInfraError(f"pairing {p.name}: the batch was interrupted while it ran ({r.status}); "
-                                  "not graded", stage="interrupted")
+        not_interrupted(p, r)
         timed_out = (r.error or {}).get("error") == "StageTimeout"  # consoles clean (else KernelBugError)
         if r.status == "infra" and not timed_out and p.student_roles:
             # a guest or a connection lost with clean consoles (seen once under load on 5.4: L2's
@@ -207,9 +210,7 @@ def run_matrix(ctx: Context, work: Path, diffs, evidence, out_dir: Path):
             first = r.why
             r = dataclasses.replace(run_pairing(ctx.base, dataclasses.replace(p, name=f"{p.name}-again"), prof.name,
                                                 out_dir, ctx.progress), name=p.name)
-            if ctx.cancelled.is_set():
-                raise GradeInfraError(f"pairing {p.name}: the batch was interrupted while it ran ({r.status}); "
-                                      "not graded", stage="interrupted")
+            not_interrupted(p, r)
             if r.status == "infra":
                 r.why = f"{r.why} (and before, in the first attempt: {first})"
             timed_out = (r.error or {}).get("error") == "StageTimeout"

@@ -79,6 +79,11 @@ def test_a_workload_timeout_with_a_working_machine_is_the_submissions(tmp_path, 
         matrix(c, tmp_path)
 
 
+def lost(base, p, prof, out_dir, progress):  # L2's SSH gone, consoles clean
+    return PairingResult(p.name, "infra", why="l2: SSH failed: Channel closed.",
+                         error={"error": "InfraError", "stage": "guest-command", "kind": "infra"})
+
+
 def test_a_guest_lost_with_clean_consoles_runs_the_pairing_once_more(tmp_path, monkeypatch):
     """A lost L2 (SSH channel closed) with clean consoles: the pairing runs again; the
     second run decides, and only a second loss reaches the batch as the machine's."""
@@ -88,8 +93,7 @@ def test_a_guest_lost_with_clean_consoles_runs_the_pairing_once_more(tmp_path, m
         runs.append(p.name)
         if p.name.endswith("-again"):
             return PairingResult(p.name, "ran", summary={"verdict": "ok"})
-        return PairingResult(p.name, "infra", why="l2: SSH failed: Channel closed.",
-                             error={"error": "InfraError", "stage": "guest-command", "kind": "infra"})
+        return lost(base, p, prof, out_dir, progress)
 
     monkeypatch.setattr(grader, "run_pairing", flaky)
     c = ctx(tmp_path)
@@ -98,10 +102,6 @@ def test_a_guest_lost_with_clean_consoles_runs_the_pairing_once_more(tmp_path, m
     assert {p.status for p in pairings.values()} == {"ran"} and set(pairings) == {"e2e", "hypercall", "syscall"}
     assert all(p.name in pairings for p in pairings.values())          # named as the pairing, not the retry
     assert sorted(runs) == sorted([n for n in pairings] + [f"{n}-again" for n in pairings])
-
-    def lost(base, p, prof, out_dir, progress):
-        return PairingResult(p.name, "infra", why="l2: SSH failed: Channel closed.",
-                             error={"error": "InfraError", "stage": "guest-command", "kind": "infra"})
 
     monkeypatch.setattr(grader, "run_pairing", lost)
     with pytest.raises(GradeInfraError, match="first attempt"):
